@@ -1,0 +1,43 @@
+"""Application factory: reads like a table of contents, one concern per module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from app import cli, db, errors, health, logs, openapi, users
+from app.config import load_settings
+from app.credentials import provider_for
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from environment properties (os.environ unless given).
+
+    Nothing connects to the database here: the pool is created lazily in each worker
+    process, so importing the app in gunicorn's master before fork is harmless. A bad
+    configuration raises ConfigError now, before any request is served.
+    """
+    environ = os.environ if environ is None else environ
+    settings = load_settings(environ)
+
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        LOG_LEVEL=environ.get("LOG_LEVEL", "INFO"),
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.url_map.strict_slashes = False
+
+    logs.init_app(app)
+    errors.init_app(app)
+    db.init_app(app, db.Database(settings, provider_for(settings)))
+    app.register_blueprint(health.bp)
+    app.register_blueprint(users.bp)
+    app.register_blueprint(openapi.bp)
+    cli.init_app(app)
+    return app

@@ -1,0 +1,55 @@
+"""Operator commands: `flask --app application migrate` and `flask --app application seed`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import Flask, current_app
+
+from app import migrate as migrations
+from app.users import repository
+
+SAMPLE_USERS = [
+    ("ada@example.com", "Ada Lovelace"),
+    ("grace@example.com", "Grace Hopper"),
+    ("alan@example.com", "Alan Turing"),
+    ("edsger@example.com", "Edsger Dijkstra"),
+    ("barbara@example.com", "Barbara Liskov"),
+]
+
+
+@click.command("migrate")
+def migrate_command() -> None:
+    """Apply pending schema migrations (safe to run on several instances at once)."""
+    database = current_app.extensions["database"]
+    conn = database.opener()
+    try:
+        done = migrations.apply(conn)
+    except migrations.MigrationError as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        conn.close()
+    click.echo(json.dumps({"event": "migrate", "applied": done}))
+
+
+@click.command("seed")
+def seed_command() -> None:
+    """Insert the sample users that are not there yet (for local development)."""
+    lease = current_app.extensions["database"].borrow()
+    created = 0
+    try:
+        for email, name in SAMPLE_USERS:
+            try:
+                repository.create_user(lease, email=email, name=name)
+                created += 1
+            except repository.EmailTaken:
+                pass
+    finally:
+        lease.release()
+    click.echo(json.dumps({"event": "seed", "created": created}))
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(migrate_command)
+    app.cli.add_command(seed_command)

@@ -1,0 +1,82 @@
+"""The database extension: one pool per worker process, one lease per request.
+
+Like Flask's tutorial `get_db()`, a request borrows a connection lazily on first use and
+the teardown callback gives it back on every path, errors included.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from flask import Flask, current_app, g
+
+from app.config import Settings
+from app.credentials import CredentialProvider
+from app.db.connection import ConnectionOpener
+from app.db.errors import DatabaseUnavailable, PoolTimeout
+from app.db.pool import ConnectionPool, Lease
+
+__all__ = ["Database", "DatabaseUnavailable", "PoolTimeout", "Lease", "get_db", "init_app"]
+
+
+class Database:
+    """Owns the pool of the current process and makes a new one after a fork.
+
+    A pool inherited from a parent process holds sockets the parent still uses; the child
+    must neither use nor close them (closing would send COM_QUIT on the parent's session),
+    so it keeps a reference to the inherited pool and builds its own.
+    """
+
+    def __init__(self, settings: Settings, credentials: CredentialProvider):
+        self.settings = settings
+        self.opener = ConnectionOpener(settings, credentials)
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool | None = None
+        self._pid: int | None = None
+        self._inherited: list[ConnectionPool] = []
+
+    @property
+    def pool(self) -> ConnectionPool:
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                if self._pool is not None:
+                    self._inherited.append(self._pool)
+                self._pool = self._new_pool()
+                self._pid = os.getpid()
+            return self._pool
+
+    def _new_pool(self) -> ConnectionPool:
+        s = self.settings
+        return ConnectionPool(self.opener, size=s.pool_size, timeout=s.pool_timeout,
+                              max_lifetime=s.pool_max_lifetime, idle_ping=s.pool_idle_ping)
+
+    def borrow(self) -> Lease:
+        return self.pool.borrow()
+
+    def dispose(self) -> None:
+        """Close this process's idle connections (used at shutdown and by tests)."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.dispose()
+
+
+def get_db() -> Lease:
+    """The connection lease of the current request, borrowed on first use."""
+    lease = g.get("db_lease")
+    if lease is None:
+        lease = g.db_lease = current_app.extensions["database"].borrow()
+    return lease
+
+
+def release_db(error: BaseException | None = None) -> None:
+    lease = g.pop("db_lease", None)
+    if lease is not None:
+        lease.release(failed=error is not None)
+
+
+def init_app(app: Flask, database: Database) -> None:
+    app.extensions["database"] = database
+    app.teardown_appcontext(release_db)

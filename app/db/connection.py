@@ -1,0 +1,80 @@
+"""Opening one physical MySQL connection with the configured TLS and fresh credentials."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import mysql.connector
+from mysql.connector import errorcode
+
+from app.config import Settings, SslMode
+from app.credentials import CredentialProvider
+
+log = logging.getLogger(__name__)
+
+
+def connect_arguments(settings: Settings) -> dict:
+    """mysql-connector arguments shared by every connection, credentials excluded."""
+    args = dict(
+        host=settings.host,
+        port=settings.port,
+        database=settings.database,
+        connection_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        write_timeout=settings.read_timeout,
+        autocommit=True,  # a read needs no COMMIT/ROLLBACK round trip; writes open transactions
+        time_zone="+00:00",  # TIMESTAMP columns come back in UTC
+        charset="utf8mb4",
+        collation="utf8mb4_unicode_ci",
+        use_pure=False,  # the C extension; mysql.connector.HAVE_CEXT says whether it loaded
+    )
+    if settings.ssl_mode is SslMode.DISABLED:
+        args["ssl_disabled"] = True
+    else:
+        args["ssl_disabled"] = False
+        if settings.ssl_ca:
+            args["ssl_ca"] = settings.ssl_ca
+        args["ssl_verify_cert"] = settings.ssl_mode in (SslMode.VERIFY_CA, SslMode.VERIFY_IDENTITY)
+        args["ssl_verify_identity"] = settings.ssl_mode is SslMode.VERIFY_IDENTITY
+    return args
+
+
+class ConnectionOpener:
+    """The pool's creator: asks the credential provider anew for every physical connection."""
+
+    def __init__(self, settings: Settings, credentials: CredentialProvider):
+        self.settings = settings
+        self.credentials = credentials
+        self._args = connect_arguments(settings)
+
+    def __call__(self):
+        denied: mysql.connector.Error | None = None
+        for creds in self.credentials.candidates():
+            try:
+                conn = mysql.connector.connect(user=creds.user, password=creds.password, **self._args)
+            except mysql.connector.Error as err:
+                if err.errno != errorcode.ER_ACCESS_DENIED_ERROR:
+                    raise
+                denied = err  # try the provider's next candidate, if it has one
+                continue
+            if self.settings.ssl_mode is not SslMode.DISABLED:
+                _require_tls(conn)
+            log.info("database connection opened",
+                     extra={"event": "db_connect", "connection_id": conn.connection_id,
+                            "pid": os.getpid()})
+            return conn
+        assert denied is not None
+        raise denied
+
+
+def _require_tls(conn) -> None:
+    """Refuse a session the server let through in cleartext when TLS was asked for."""
+    cur = conn.cursor()
+    cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    row = cur.fetchone()
+    cur.close()
+    if not row or not row[1]:
+        conn.close()
+        raise mysql.connector.errors.InterfaceError(
+            msg="the server did not negotiate TLS but DB_SSL_MODE requires it", errno=2026)

@@ -1,0 +1,36 @@
+"""Database failures the API turns into responses, independent of the driver's classes."""
+
+from __future__ import annotations
+
+import mysql.connector
+
+
+class DatabaseUnavailable(Exception):
+    """No connection could be opened or an open one broke: the client should retry later."""
+
+
+class PoolTimeout(Exception):
+    """Every pooled connection stayed busy for the whole borrow timeout."""
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True when the error means the connection (not the statement) failed.
+
+    InterfaceError covers a lost socket (2013, 2055), OperationalError a server gone away
+    or shutting down; errors such as a duplicate key come as IntegrityError and keep the
+    connection usable.
+    """
+    return isinstance(error, (mysql.connector.errors.InterfaceError,
+                              mysql.connector.errors.OperationalError)) or (
+        isinstance(error, mysql.connector.errors.DatabaseError)
+        and getattr(error, "errno", None) in _CONNECTION_ERRNOS
+    )
+
+
+# Client and server codes that mean "this session is gone" whatever class the driver picks.
+_CONNECTION_ERRNOS = {
+    1053,  # ER_SERVER_SHUTDOWN
+    1927,  # ER_CONNECTION_KILLED (MariaDB)
+    2002, 2003, 2005, 2006, 2013, 2026, 2055,
+    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+}

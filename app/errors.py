@@ -1,0 +1,92 @@
+"""The error table: one JSON shape, one stable code per cause, one place mapping causes to statuses.
+
+Every error response is `{"error": {"code": ..., "message": ...}}` (plus `details` for
+validation). Driver messages and stack traces never reach a client; they go to the log
+with the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.db.errors import DatabaseUnavailable, PoolTimeout
+
+log = logging.getLogger(__name__)
+
+# Seconds a client should wait before retrying a 503, per cause.
+RETRY_AFTER_BUSY = 1
+RETRY_AFTER_UNAVAILABLE = 5
+
+# Werkzeug's HTTP errors, by status: stable code and message.
+HTTP_ERRORS = {
+    400: ("bad_request", "The request is malformed."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "This method is not allowed on this resource."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "This content type is not supported."),
+}
+
+
+class APIError(Exception):
+    """An error the client caused or can act on; raised by routes, rendered here."""
+
+    def __init__(self, status: int, code: str, message: str, details: list | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, details: list | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body: dict = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    response = jsonify(error=body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def _api_error(err: APIError):
+        return error_response(err.status, err.code, err.message, err.details, err.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        status = err.code or 500
+        code, message = HTTP_ERRORS.get(status, (f"http_{status}", err.name))
+        response = error_response(status, code, message)
+        if getattr(err, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(err.valid_methods)
+        return response
+
+    @app.errorhandler(PoolTimeout)
+    def _pool_timeout(_err: PoolTimeout):
+        log.warning("no free database connection within the borrow timeout",
+                    extra={"event": "db_pool_timeout"})
+        return error_response(503, "database_busy",
+                              "The database is busy; retry shortly.",
+                              headers={"Retry-After": str(RETRY_AFTER_BUSY)})
+
+    @app.errorhandler(DatabaseUnavailable)
+    def _db_unavailable(err: DatabaseUnavailable):
+        cause = err.__cause__
+        log.warning("database unavailable: %s", type(cause).__name__ if cause else err,
+                    extra={"event": "db_unavailable",
+                           "errno": getattr(cause, "errno", None)})
+        return error_response(503, "database_unavailable",
+                              "The database is unavailable; retry later.",
+                              headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE)})
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        log.exception("unhandled error", extra={"event": "unhandled_error"})
+        return error_response(500, "internal_error", "An unexpected error occurred.")

@@ -1,0 +1,66 @@
+"""Structured JSON logs, each line carrying the request id of the request that wrote it.
+
+The request id is the load balancer's `X-Amzn-Trace-Id` when present (so a line can be
+matched with the ALB's access log and X-Ray), else the caller's `X-Request-Id`, else a new
+one; it is echoed in the `X-Request-Id` response header.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import uuid
+
+from flask import Flask, g, has_request_context, request
+from pythonjsonlogger.json import JsonFormatter
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9=;:._\-]{1,200}$")
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds request_id and pid to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id") if has_request_context() else None
+        record.pid = os.getpid()
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send the app's logs to stdout as JSON (Beanstalk streams web.stdout.log to CloudWatch)."""
+    root = logging.getLogger()
+    if any(getattr(h, "_app_json", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler._app_json = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter(
+        "{asctime}{levelname}{name}{message}{request_id}{pid}", style="{",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    ))
+    handler.addFilter(RequestContextFilter())
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def request_id_from(headers) -> str:
+    for name in ("X-Amzn-Trace-Id", "X-Request-Id"):
+        value = headers.get(name)
+        if value and _SAFE_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def init_app(app: Flask) -> None:
+    configure_logging(app.config.get("LOG_LEVEL", "INFO"))
+
+    @app.before_request
+    def _assign_request_id() -> None:
+        g.request_id = request_id_from(request.headers)
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response

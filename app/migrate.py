@@ -1,0 +1,125 @@
+"""Versioned schema migrations: `python -m app.migrate` (or `flask --app application migrate`).
+
+Files in app/migrations named NNNN_description.sql are applied in order, each recorded in
+`schema_migrations` with a checksum. A MySQL named lock (GET_LOCK) serialises instances
+that start at once, and applied versions are skipped, so running it twice, or on every
+instance, is safe. Statements in a file end with `;` at the end of a line.
+
+Each migration must stay compatible with the code version still serving while a deploy
+rolls out (add columns and tables; drop only in a later release).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+LOCK_TIMEOUT_SECONDS = 120
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_STATEMENT_END = re.compile(r";\s*$", re.MULTILINE)
+
+
+class MigrationError(Exception):
+    """The migrations cannot be applied safely; the message says why."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        body = "\n".join(l for l in self.sql.splitlines() if not l.lstrip().startswith("--"))
+        return [s.strip() for s in _STATEMENT_END.split(body) if s.strip()]
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: name it NNNN_description.sql (lowercase, digits, _)")
+        migrations.append(Migration(int(match[1]), match[2], path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a version number")
+    return migrations
+
+
+def apply(conn, migrations: list[Migration] | None = None,
+          lock_timeout: int = LOCK_TIMEOUT_SECONDS) -> list[str]:
+    """Apply pending migrations on an open connection; return the names applied."""
+    migrations = discover() if migrations is None else migrations
+    cur = conn.cursor()
+    cur.execute("SELECT DATABASE()")
+    (database,) = cur.fetchone()
+    lock = f"schema_migrations:{database}"[:64]
+    cur.execute("SELECT GET_LOCK(%s, %s)", (lock, lock_timeout))
+    if cur.fetchone()[0] != 1:
+        raise MigrationError(f"another instance held the migration lock for {lock_timeout}s")
+    try:
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INT NOT NULL PRIMARY KEY,"
+            " name VARCHAR(200) NOT NULL,"
+            " checksum CHAR(64) NOT NULL,"
+            " applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP"
+            ") ENGINE=InnoDB")
+        cur.execute("SELECT version, checksum FROM schema_migrations")
+        applied = dict(cur.fetchall())
+        done = []
+        for m in migrations:
+            if m.version in applied:
+                if applied[m.version] != m.checksum:
+                    raise MigrationError(
+                        f"migration {m.version:04d}_{m.name} changed after it was applied; "
+                        "add a new migration instead of editing an applied one")
+                continue
+            for statement in m.statements():
+                cur.execute(statement)  # DDL commits implicitly in MySQL
+            cur.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.checksum))
+            conn.commit()
+            done.append(f"{m.version:04d}_{m.name}")
+        return done
+    finally:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+        cur.fetchall()
+        cur.close()
+
+
+def main(environ=os.environ) -> int:
+    from app.config import ConfigError, load_settings
+    from app.credentials import provider_for
+    from app.db.connection import ConnectionOpener
+
+    try:
+        settings = load_settings(environ)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    conn = ConnectionOpener(settings, provider_for(settings))()
+    try:
+        done = apply(conn)
+    except MigrationError as err:
+        print(f"migrate: {err}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(json.dumps({"event": "migrate", "applied": done, "database": settings.database}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models the routes validate with."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from flask import Blueprint, jsonify
+from pydantic import TypeAdapter
+
+from app.users.schemas import ErrorResponse, ListQuery, User, UserCreate, UserPage, UserPatch
+
+bp = Blueprint("openapi", __name__)
+
+_REF = "#/components/schemas/{model}"
+
+
+def _json(schema: str) -> dict:
+    return {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}}
+
+
+def _error(description: str, *, retry: bool = False) -> dict:
+    response = {"description": description, "content": _json("ErrorResponse")}
+    if retry:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                               "description": "Seconds to wait before retrying."}}
+    return response
+
+
+_COMMON = {"503": _error("Database busy or unavailable.", retry=True),
+           "500": _error("Unexpected error.")}
+_BODY = {"400": _error("Body is not valid JSON."), "413": _error("Body too large."),
+         "415": _error("Body is not application/json."), "422": _error("Body fails validation.")}
+_ID = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "integer"}}]
+
+
+@lru_cache(maxsize=1)
+def document() -> dict:
+    _, schemas = TypeAdapter.json_schemas(
+        [(t.__name__, "validation" if t in (UserCreate, UserPatch) else "serialization",
+          TypeAdapter(t)) for t in (User, UserCreate, UserPatch, UserPage, ErrorResponse)],
+        ref_template=_REF,
+    )
+    query = ListQuery.model_json_schema()["properties"]
+    list_params = [{"name": name, "in": "query", "required": False, "schema": spec,
+                    "description": spec.get("description", "")} for name, spec in query.items()]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Users API", "version": "1.0.0",
+                 "description": "Reference Flask API on Elastic Beanstalk with RDS MySQL."},
+        "paths": {
+            "/api/users": {
+                "get": {"operationId": "listUsers", "parameters": list_params,
+                        "responses": {"200": {"description": "A page of users.",
+                                              "content": _json("UserPage")},
+                                      "400": _error("Invalid query parameter."), **_COMMON}},
+                "post": {"operationId": "createUser",
+                         "requestBody": {"required": True, "content": _json("UserCreate")},
+                         "responses": {"201": {"description": "Created.", "content": _json("User"),
+                                               "headers": {"Location": {"schema": {"type": "string"}}}},
+                                       "409": _error("Email already taken."), **_BODY, **_COMMON}},
+            },
+            "/api/users/{user_id}": {
+                "parameters": _ID,
+                "get": {"operationId": "getUser",
+                        "responses": {"200": {"description": "The user.", "content": _json("User")},
+                                      "404": _error("No such user."), **_COMMON}},
+                "patch": {"operationId": "updateUser",
+                          "requestBody": {"required": True, "content": _json("UserPatch")},
+                          "responses": {"200": {"description": "Updated.", "content": _json("User")},
+                                        "404": _error("No such user."),
+                                        "409": _error("Email already taken."), **_BODY, **_COMMON}},
+                "delete": {"operationId": "deleteUser",
+                           "responses": {"204": {"description": "Deleted."},
+                                         "404": _error("No such user."), **_COMMON}},
+            },
+            "/health": {"get": {"operationId": "health", "responses": {
+                "200": {"description": "The process serves requests (no database check)."}}}},
+            "/health/ready": {"get": {"operationId": "ready", "responses": {
+                "200": {"description": "A pooled database connection works."},
+                "503": {"description": "The database is unreachable."}}}},
+        },
+        "components": {"schemas": schemas["$defs"]},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(document())

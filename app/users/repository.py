@@ -1,0 +1,61 @@
+"""SQL for the users table; the only module that knows the table's columns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mysql.connector import errorcode
+from mysql.connector.errors import IntegrityError
+
+from app.db import Lease
+
+# Timestamps are formatted by the server (UTC sessions): no datetime objects per row.
+_COLUMNS = ("id, email, name, DATE_FORMAT(created_at, '%Y-%m-%dT%TZ') AS created_at, "
+            "DATE_FORMAT(updated_at, '%Y-%m-%dT%TZ') AS updated_at")
+_UPDATABLE = ("email", "name")  # column names are never taken from input
+
+
+class EmailTaken(Exception):
+    """Another user already has this email address."""
+
+
+def list_users(db: Lease, *, limit: int, after: int) -> list[dict[str, Any]]:
+    return db.query(
+        f"SELECT {_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
+
+
+def get_user(db: Lease, user_id: int) -> dict[str, Any] | None:
+    rows = db.query(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+    return rows[0] if rows else None
+
+
+def create_user(db: Lease, *, email: str, name: str) -> dict[str, Any]:
+    try:
+        _, user_id = db.execute("INSERT INTO users (email, name) VALUES (%s, %s)", (email, name))
+    except IntegrityError as err:
+        if err.errno == errorcode.ER_DUP_ENTRY:
+            raise EmailTaken(email) from None
+        raise
+    user = get_user(db, user_id)
+    assert user is not None
+    return user
+
+
+def update_user(db: Lease, user_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """Apply changes and return the user as stored, or None when there is no such user."""
+    columns = [c for c in _UPDATABLE if c in changes]
+    if columns:
+        assignments = ", ".join(f"{c} = %s" for c in columns)
+        try:
+            db.execute(f"UPDATE users SET {assignments} WHERE id = %s",
+                       [changes[c] for c in columns] + [user_id])
+        except IntegrityError as err:
+            if err.errno == errorcode.ER_DUP_ENTRY:
+                raise EmailTaken(changes.get("email")) from None
+            raise
+    return get_user(db, user_id)
+
+
+def delete_user(db: Lease, user_id: int) -> bool:
+    deleted, _ = db.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    return deleted > 0

@@ -1,0 +1,72 @@
+"""HTTP routes for /api/users: validate, call the repository, shape the response."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, url_for
+from pydantic import TypeAdapter
+
+from app.db import get_db
+from app.errors import APIError
+from app.users import repository
+from app.users.schemas import ListQuery, User, UserCreate, UserPage, UserPatch
+from app.validation import parse_body, parse_query
+
+bp = Blueprint("users", __name__, url_prefix="/api/users")
+
+_user_json = TypeAdapter(User)
+_page_json = TypeAdapter(UserPage)
+
+
+def _json(adapter: TypeAdapter, value, status: int = 200) -> Response:
+    return Response(adapter.dump_json(value), status=status, mimetype="application/json")
+
+
+def _not_found(user_id: int) -> APIError:
+    return APIError(404, "user_not_found", f"No user with id {user_id}.")
+
+
+@bp.get("")
+def list_users():
+    q = parse_query(ListQuery)
+    rows = repository.list_users(get_db(), limit=q.limit, after=q.after)
+    next_after = rows[-1]["id"] if len(rows) == q.limit else None
+    return _json(_page_json, {"data": rows, "next_after": next_after})
+
+
+@bp.get("/<int:user_id>")
+def get_user(user_id: int):
+    user = repository.get_user(get_db(), user_id)
+    if user is None:
+        raise _not_found(user_id)
+    return _json(_user_json, user)
+
+
+@bp.post("")
+def create_user():
+    body = parse_body(UserCreate)
+    try:
+        user = repository.create_user(get_db(), email=body.email, name=body.name)
+    except repository.EmailTaken:
+        raise APIError(409, "email_taken", "A user with this email already exists.") from None
+    response = _json(_user_json, user, status=201)
+    response.headers["Location"] = url_for("users.get_user", user_id=user["id"])
+    return response
+
+
+@bp.patch("/<int:user_id>")
+def update_user(user_id: int):
+    body = parse_body(UserPatch)
+    try:
+        user = repository.update_user(get_db(), user_id, body.model_dump(exclude_unset=True))
+    except repository.EmailTaken:
+        raise APIError(409, "email_taken", "A user with this email already exists.") from None
+    if user is None:
+        raise _not_found(user_id)
+    return _json(_user_json, user)
+
+
+@bp.delete("/<int:user_id>")
+def delete_user(user_id: int):
+    if not repository.delete_user(get_db(), user_id):
+        raise _not_found(user_id)
+    return Response(status=204)

@@ -1,0 +1,78 @@
+"""gunicorn settings for Elastic Beanstalk (the Procfile passes this file with -c).
+
+Threads (gthread) suit an API that mostly waits on the database; each worker process
+builds its own connection pool after fork (app/db), sized like its thread count so a
+thread rarely waits for a connection. Defaults fit a 2-vCPU instance; override with
+environment properties.
+"""
+
+import json
+import os
+import time
+
+from gunicorn.glogging import Logger
+
+
+def _int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise SystemExit(f"{name}={raw!r} is invalid: expected an integer from {low} to {high} "
+                         f"(unset it for the default {default})")
+    return value
+
+
+# Beanstalk's nginx proxies to 127.0.0.1:8000; PORT moves both sides.
+bind = f"127.0.0.1:{_int('PORT', 8000, 1, 65535)}"
+workers = _int("WEB_CONCURRENCY", os.cpu_count() or 2, 1, 64)
+worker_class = "gthread"
+threads = _int("GUNICORN_THREADS", 8, 1, 256)
+timeout = _int("GUNICORN_TIMEOUT", 60, 5, 3600)  # a worker silent this long is restarted
+graceful_timeout = 30  # in-flight requests get this long on deploy or scale-in
+keepalive = 75  # longer than nginx's upstream keepalive idle time, so nginx closes first
+max_requests = 0
+accesslog = "-"
+errorlog = "-"
+forwarded_allow_ips = "127.0.0.1"  # trust X-Forwarded-* only from the local nginx
+
+
+class JsonAccessLogger(Logger):
+    """Access log lines as JSON, with the request id the app assigned."""
+
+    def access(self, resp, req, environ, request_time):
+        if not self.cfg.accesslog:
+            return
+        headers = dict(resp.headers) if isinstance(resp.headers, list) else {}
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "event": "access",
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),
+            "status": resp.status_code,
+            "bytes": getattr(resp, "sent", None),
+            "duration_ms": round(request_time.total_seconds() * 1000, 2),
+            "request_id": headers.get("X-Request-Id"),
+            "remote": environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR"),
+            "pid": os.getpid(),
+        }
+        try:
+            self.access_log.info(json.dumps(record))
+        except Exception:  # noqa: BLE001 - logging must never fail a request
+            self.exception("access log failed")
+
+
+logger_class = JsonAccessLogger
+
+
+def post_fork(server, worker):
+    """With --preload the app (not its pool) exists in the master: make sure the worker
+    builds its own pool instead of touching one created before fork."""
+    app = getattr(server.app, "callable", None)
+    database = getattr(app, "extensions", {}).get("database") if app else None
+    if database is not None:
+        database.pool  # noqa: B018 - creates this process's pool now
