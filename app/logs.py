@@ -19,6 +19,21 @@ from pythonjsonlogger.json import JsonFormatter
 _SAFE_ID = re.compile(r"^[A-Za-z0-9=;:._\-]{1,200}$")
 
 
+class StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (gunicorn and pytest may swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 class RequestContextFilter(logging.Filter):
     """Adds request_id and pid to every record."""
 
@@ -33,7 +48,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if any(getattr(h, "_app_json", False) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = StdoutHandler()
     handler._app_json = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter(
         "{asctime}{levelname}{name}{message}{request_id}{pid}", style="{",

@@ -176,8 +176,8 @@ class Lease:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
         """Run a write; return (rowcount, lastrowid). Never retried: it may have been applied."""
-        cursor = self._cursor()
         try:
+            cursor = self._cursor()
             cursor.execute(sql, params)
         except mysql.connector.Error as err:
             self._raise(err)

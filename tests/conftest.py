@@ -1,0 +1,198 @@
+"""Fixtures: a real MySQL-compatible server for the session, a fresh database per test.
+
+The server is a throwaway mariadbd/mysqld in a temp dir on a free port (scripts/localdb.py),
+or the one named by TEST_DATABASE_URL (mysql://user:password@host:port, a user that may
+create databases). Each test gets its own database, migrated, and drops only that one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import mysql.connector
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import localdb  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app import migrate  # noqa: E402
+
+
+class ExistingServer:
+    """A server given by TEST_DATABASE_URL, driven like localdb.LocalServer."""
+
+    def __init__(self, url: str):
+        parts = urlparse(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 3306
+        self.user = unquote(parts.username or "root")
+        self.password = unquote(parts.password or "")
+
+    def sql(self, statements, database=None, **_):
+        conn = mysql.connector.connect(host=self.host, port=self.port, user=self.user,
+                                       password=self.password, database=database,
+                                       autocommit=True, ssl_disabled=True)
+        try:
+            cur = conn.cursor()
+            rows = []
+            for statement in statements:
+                cur.execute(statement)
+                rows = cur.fetchall() if cur.with_rows else []
+            return rows
+        finally:
+            conn.close()
+
+    def create_database(self, name):
+        self.sql([f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"])
+
+    def environ(self, database):
+        return {"RDS_HOSTNAME": self.host, "RDS_PORT": str(self.port), "RDS_DB_NAME": database,
+                "RDS_USERNAME": self.user, "RDS_PASSWORD": self.password, "DB_SSL_MODE": "disabled"}
+
+
+@pytest.fixture(scope="session")
+def mysql_server():
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield ExistingServer(url)
+        return
+    server = localdb.LocalServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def make_database(mysql_server):
+    """Create (and afterwards drop) fresh migrated databases; returns their environ."""
+    created = []
+
+    def make(migrated: bool = True) -> dict[str, str]:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        mysql_server.create_database(name)
+        created.append(name)
+        env = mysql_server.environ(name)
+        if migrated:
+            conn = connect(env)
+            try:
+                migrate.apply(conn)
+            finally:
+                conn.close()
+        return env
+
+    yield make
+    for name in created:
+        mysql_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
+
+
+@pytest.fixture
+def db_env(make_database):
+    """Environment properties of a fresh, migrated database, with quick pool timeouts."""
+    env = make_database()
+    env.update({"DB_POOL_TIMEOUT": "0.5", "DB_CONNECT_TIMEOUT": "2"})
+    return env
+
+
+@pytest.fixture
+def app(db_env):
+    app = create_app(db_env)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["database"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def connect(env: dict[str, str], **extra):
+    """A plain connection as the app's user, outside any pool."""
+    return mysql.connector.connect(host=env["RDS_HOSTNAME"], port=int(env["RDS_PORT"]),
+                                   user=env["RDS_USERNAME"], password=env["RDS_PASSWORD"],
+                                   database=env["RDS_DB_NAME"], autocommit=True,
+                                   ssl_disabled=True, **extra)
+
+
+def procfile_command() -> list[str]:
+    """The web command exactly as the Procfile gives it."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return line.removeprefix("web:").split()
+    raise AssertionError("Procfile has no web: line")
+
+
+class Gunicorn:
+    """gunicorn started with the Procfile command in the repo root, output to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, extra_args=()):
+        self.port = localdb.free_port()
+        full_env = {**os.environ, **env, "PORT": str(self.port)}
+        full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(procfile_command() + list(extra_args), cwd=ROOT,
+                                        env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._wait()
+
+    def _wait(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"gunicorn exited:\n{self.output()}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise AssertionError(f"gunicorn did not answer /health:\n{self.output()}")
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.process.pid)],
+                                  capture_output=True, text=True).stdout.split()
+        return {int(p) for p in children}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_gunicorn(tmp_path):
+    started = []
+
+    def start(env, extra_args=()):
+        g = Gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log", extra_args)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.stop()

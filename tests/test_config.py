@@ -1,0 +1,78 @@
+import pytest
+
+from app import create_app
+from app.config import AuthMode, ConfigError, SslMode, load_settings
+
+BASE = {"RDS_HOSTNAME": "db.example.internal", "RDS_DB_NAME": "ebdb",
+        "RDS_USERNAME": "app", "RDS_PASSWORD": "s3cret-canary"}
+
+
+def test_defaults_fit_beanstalk():
+    s = load_settings(BASE)
+    assert (s.host, s.port, s.database, s.user) == ("db.example.internal", 3306, "ebdb", "app")
+    assert s.password.get_secret_value() == "s3cret-canary"
+    assert s.auth is AuthMode.PASSWORD and s.ssl_mode is SslMode.REQUIRED
+    assert (s.pool_size, s.pool_timeout, s.pool_max_lifetime, s.pool_idle_ping) == (8, 2.0, 1800.0, 30.0)
+    assert (s.connect_timeout, s.read_timeout) == (5, 30)
+
+
+def test_rds_endpoint_is_an_alias_and_may_carry_the_port():
+    env = {**BASE, "RDS_ENDPOINT": "mydb.abc.eu-west-1.rds.amazonaws.com:3307"}
+    del env["RDS_HOSTNAME"]
+    s = load_settings(env)
+    assert (s.host, s.port) == ("mydb.abc.eu-west-1.rds.amazonaws.com", 3307)
+    assert load_settings({**BASE, "RDS_ENDPOINT": "other:1"}).host == "db.example.internal"
+
+
+def test_missing_variables_are_all_named_with_the_fix():
+    with pytest.raises(ConfigError) as err:
+        load_settings({"RDS_PORT": "3306"})
+    message = str(err.value)
+    for var in ("RDS_HOSTNAME", "RDS_DB_NAME", "RDS_USERNAME"):
+        assert f"{var}: is required (got not set)" in message
+    assert "eb setenv" in message and "scripts/run-local" in message
+
+
+@pytest.mark.parametrize("var, value, expected", [
+    ("RDS_PORT", "abc", "RDS_PORT"),
+    ("RDS_PORT", "70000", "between 1 and 65535"),
+    ("DB_AUTH", "kerberos", "one of: password"),
+    ("DB_SSL_MODE", "preferred", "one of: disabled, required, verify-ca, verify-identity"),
+    ("DB_POOL_SIZE", "0", "DB_POOL_SIZE"),
+    ("DB_POOL_TIMEOUT", "-1", "DB_POOL_TIMEOUT"),
+    ("DB_POOL_MAX_LIFETIME", "soon", "DB_POOL_MAX_LIFETIME"),
+    ("DB_POOL_IDLE_PING", "-5", "DB_POOL_IDLE_PING"),
+    ("DB_CONNECT_TIMEOUT", "2.5", "DB_CONNECT_TIMEOUT"),
+    ("DB_READ_TIMEOUT", "0", "DB_READ_TIMEOUT"),
+    ("RDS_HOSTNAME", "mysql://db:3306", "bare host name"),
+])
+def test_invalid_values_name_the_variable_and_the_value(var, value, expected):
+    with pytest.raises(ConfigError) as err:
+        load_settings({**BASE, var: value})
+    message = str(err.value)
+    assert f"{var}:" in message and expected in message and repr(value) in message
+
+
+def test_password_is_required_in_password_mode_and_never_echoed():
+    with pytest.raises(ConfigError, match="RDS_PASSWORD is required"):
+        load_settings({k: v for k, v in BASE.items() if k != "RDS_PASSWORD"})
+    with pytest.raises(ConfigError) as err:
+        load_settings({**BASE, "RDS_PORT": "x", "DB_POOL_SIZE": "0"})
+    assert "s3cret-canary" not in str(err.value)
+    assert "s3cret-canary" not in repr(load_settings(BASE))
+
+
+def test_verifying_tls_needs_a_ca_bundle():
+    with pytest.raises(ConfigError, match="DB_SSL_CA is required when DB_SSL_MODE=verify-identity"):
+        load_settings({**BASE, "DB_SSL_MODE": "verify-identity"})
+    s = load_settings({**BASE, "DB_SSL_MODE": "verify-ca", "DB_SSL_CA": "/etc/pki/rds.pem"})
+    assert s.ssl_ca == "/etc/pki/rds.pem"
+
+
+def test_empty_property_means_unset():
+    assert load_settings({**BASE, "RDS_PORT": "", "DB_POOL_SIZE": ""}).port == 3306
+
+
+def test_the_app_refuses_to_start_on_bad_configuration():
+    with pytest.raises(ConfigError, match="RDS_HOSTNAME"):
+        create_app({})

@@ -1,0 +1,32 @@
+"""Structured logs: JSON lines with the request id, and no secrets."""
+
+import json
+
+from app import create_app
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_log_lines_are_json_with_the_request_id(db_env, capsys):
+    app = create_app(db_env)
+    trace = "Root=1-5759e988-bd862e3fe1be46a994272793"
+    assert app.test_client().get("/api/users", headers={"X-Amzn-Trace-Id": trace}).status_code == 200
+    records = json_lines(capsys.readouterr().out)
+    opened = [r for r in records if r.get("event") == "db_connect"]
+    assert opened and opened[0]["request_id"] == trace and opened[0]["level"] == "INFO"
+    assert {"time", "logger", "message", "pid", "connection_id"} <= set(opened[0])
+
+
+def test_password_never_appears_in_logs_or_responses(make_database, capsys):
+    env = make_database()
+    canary = "canary-Pw-7f3a9d"
+    env_bad = {**env, "RDS_PASSWORD": canary, "LOG_LEVEL": "DEBUG"}
+    app = create_app(env_bad)
+    bodies = [app.test_client().get(url).get_data(as_text=True)
+              for url in ("/api/users", "/health/ready", "/api/users/1")]
+    out = capsys.readouterr()
+    assert canary not in out.out + out.err + "".join(bodies)
+    assert any(r.get("event") == "db_unavailable" and r.get("errno") == 1045
+               for r in json_lines(out.out))

@@ -1,0 +1,232 @@
+"""The per-process pool against a real server: waiting, replacement, recycling, clean returns."""
+
+import multiprocessing
+import threading
+import time
+
+import mysql.connector
+import pytest
+
+from app.config import load_settings
+from app.credentials import StaticPassword
+from app.db import Database, DatabaseUnavailable, PoolTimeout
+from app.db.connection import ConnectionOpener
+from app.db.pool import ConnectionPool
+
+
+class CountingPassword(StaticPassword):
+    """The static provider, counting how often the pool asks for credentials."""
+
+    def __init__(self, user, password):
+        object.__setattr__(self, "calls", 0)
+        super().__init__(user, password)
+
+    def candidates(self):
+        object.__setattr__(self, "calls", self.calls + 1)
+        return super().candidates()
+
+
+def make_pool(env, credentials=None, **options):
+    settings = load_settings(env)
+    credentials = credentials or StaticPassword(settings.user, settings.password.get_secret_value())
+    params = dict(size=2, timeout=0.5, max_lifetime=1800, idle_ping=30)
+    params.update(options)
+    return ConnectionPool(ConnectionOpener(settings, credentials), **params)
+
+
+def kill(mysql_server, connection_id):
+    mysql_server.sql([f"KILL CONNECTION {connection_id}"])
+
+
+def test_borrow_waits_for_a_connection_to_come_back(db_env):
+    pool = make_pool(db_env, size=1, timeout=5)
+    first = pool.borrow()
+    threading.Timer(0.3, first.release).start()
+    started = time.monotonic()
+    second = pool.borrow()  # mysql-connector's own pool would raise "pool exhausted" here
+    waited = time.monotonic() - started
+    assert 0.2 < waited < 4
+    assert second.query("SELECT 1 AS one") == [{"one": 1}]
+    second.release()
+    assert pool.stats()["borrow_timeouts"] == 0
+
+
+def test_borrow_gives_up_after_the_timeout(db_env):
+    pool = make_pool(db_env, size=2, timeout=0.4)
+    held = [pool.borrow(), pool.borrow()]
+    waiting = []
+    probe = threading.Thread(target=lambda: waiting.append(pool.stats()["waiting"]))
+    started = time.monotonic()
+    threading.Timer(0.1, probe.start).start()
+    with pytest.raises(PoolTimeout):
+        pool.borrow()
+    assert time.monotonic() - started >= 0.4
+    probe.join()
+    assert waiting == [1]
+    stats = pool.stats()
+    assert stats["borrow_timeouts"] == 1 and stats["in_use"] == 2 and stats["waiting"] == 0
+    for lease in held:
+        lease.release()
+    assert pool.stats()["idle"] == 2
+
+
+def test_many_threads_share_a_small_pool_without_errors(db_env):
+    pool = make_pool(db_env, size=2, timeout=5)
+    errors, done = [], []
+
+    def work():
+        try:
+            lease = pool.borrow()
+            try:
+                lease.query("SELECT SLEEP(0.02)")
+            finally:
+                lease.release()
+            done.append(1)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(done) == 16
+    assert pool.stats()["opened"] == 2
+
+
+def test_idle_connection_that_died_is_replaced_on_borrow(db_env, mysql_server):
+    pool = make_pool(db_env, size=1, idle_ping=0.2)
+    lease = pool.borrow()
+    old_id = lease.connection_id
+    lease.release()
+    kill(mysql_server, old_id)
+    time.sleep(0.3)
+    lease = pool.borrow()  # the ping fails, QueuePool opens a new connection
+    assert lease.connection_id != old_id
+    assert lease.query("SELECT 1 AS one") == [{"one": 1}]
+    lease.release()
+    stats = pool.stats()
+    assert stats["opened"] == 2 and stats["closed"] == 1
+
+
+def test_recently_used_connection_that_died_is_retried_for_reads(db_env, mysql_server):
+    pool = make_pool(db_env, size=1, idle_ping=3600)
+    lease = pool.borrow()
+    old_id = lease.connection_id
+    lease.release()
+    kill(mysql_server, old_id)
+    lease = pool.borrow()  # not idle long enough to be pinged
+    assert lease.query("SELECT CONNECTION_ID() AS id")[0]["id"] != old_id
+    lease.release()
+
+
+def test_write_on_a_dead_connection_is_not_retried(db_env, mysql_server):
+    pool = make_pool(db_env, size=1, idle_ping=3600)
+    lease = pool.borrow()
+    kill(mysql_server, lease.connection_id)
+    with pytest.raises(DatabaseUnavailable):
+        lease.execute("INSERT INTO users (email, name) VALUES ('w@example.com', 'W')")
+    lease.release()
+    lease = pool.borrow()  # the broken connection was discarded, not returned
+    assert lease.query("SELECT COUNT(*) AS n FROM users") == [{"n": 0}]
+    lease.release()
+
+
+def test_connections_are_recycled_after_their_max_lifetime(db_env):
+    credentials = CountingPassword(db_env["RDS_USERNAME"], db_env["RDS_PASSWORD"])
+    pool = make_pool(db_env, credentials, size=1, max_lifetime=1)
+    lease = pool.borrow()
+    first = lease.connection_id
+    lease.release()
+    time.sleep(1.2)
+    lease = pool.borrow()
+    assert lease.connection_id != first
+    lease.release()
+    assert credentials.calls == 2  # credentials are asked for each new physical connection
+
+
+def test_open_transaction_is_rolled_back_on_return(db_env):
+    pool = make_pool(db_env, size=1)
+    lease = pool.borrow()
+    conn_id = lease.connection_id
+    lease.begin()
+    lease.execute("INSERT INTO users (email, name) VALUES ('tx@example.com', 'Tx')")
+    assert lease.connection.in_transaction
+    lease.release()  # no commit
+    lease = pool.borrow()
+    assert lease.connection_id == conn_id and not lease.connection.in_transaction
+    assert lease.query("SELECT COUNT(*) AS n FROM users") == [{"n": 0}]
+    lease.release()
+
+
+def test_connection_of_a_failed_request_is_rolled_back_before_reuse(db_env, monkeypatch):
+    pool = make_pool(db_env, size=1)
+    lease = pool.borrow()
+    lease.query("SELECT 1")
+    conn = lease.connection
+    calls = []
+    real_rollback = conn.rollback
+    monkeypatch.setattr(conn, "rollback", lambda: (calls.append("rollback"), real_rollback()))
+    lease.release(failed=True)
+    assert calls == ["rollback"]
+    lease = pool.borrow()
+    assert lease.connection is conn
+    lease.release()
+    assert calls == ["rollback"]  # the flag does not stick to the next borrower
+
+
+def test_read_leaves_no_transaction_and_costs_no_rollback(db_env, monkeypatch):
+    pool = make_pool(db_env, size=1)
+    lease = pool.borrow()
+    lease.query("SELECT 1")
+    conn = lease.connection
+    calls = []
+    monkeypatch.setattr(conn, "rollback", lambda: calls.append("rollback"))
+    lease.release()
+    assert calls == []  # autocommit read: nothing to roll back, no extra round trip
+
+
+def test_unreachable_database_is_reported_quickly(db_env):
+    import localdb
+
+    env = {**db_env, "RDS_PORT": str(localdb.free_port())}
+    pool = make_pool(env)
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailable):
+        pool.borrow()
+    assert time.monotonic() - started < 2
+    assert pool.stats()["open"] == 0
+
+
+def test_required_tls_refuses_a_server_without_tls(db_env):
+    pool = make_pool({**db_env, "DB_SSL_MODE": "required"})
+    with pytest.raises(DatabaseUnavailable) as err:
+        pool.borrow()
+    assert isinstance(err.value.__cause__, mysql.connector.Error)
+
+
+def _child_connection_id(database, queue):
+    lease = database.borrow()
+    queue.put((lease.connection_id, lease.query("SELECT 1 AS one")))
+    lease.release()
+
+
+def test_forked_child_builds_its_own_pool(db_env):
+    settings = load_settings(db_env)
+    database = Database(settings, StaticPassword(settings.user, settings.password.get_secret_value()))
+    lease = database.borrow()
+    parent_id = lease.connection_id
+    lease.release()  # idle in the parent's pool when the child forks
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_connection_id, args=(database, queue))
+    child.start()
+    child_id, rows = queue.get(timeout=20)
+    child.join(20)
+    assert child.exitcode == 0 and rows == [{"one": 1}]
+    assert child_id != parent_id
+    lease = database.borrow()  # the child neither used nor closed the parent's connection
+    assert lease.connection_id == parent_id
+    assert lease.query("SELECT 1 AS one") == [{"one": 1}]
+    lease.release()
+    database.dispose()
