@@ -1,0 +1,141 @@
+"""The app under real gunicorn, started with the Procfile command: per-worker pools, load, outages."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+import localdb
+from app import migrate
+from conftest import connect
+
+
+def db_connects(output):
+    """(pid, connection_id) of every connection the workers opened, from their JSON logs."""
+    found = []
+    for line in output.splitlines():
+        if line.startswith("{") and '"db_connect"' in line:
+            record = json.loads(line)
+            found.append((record["pid"], record["connection_id"]))
+    return found
+
+
+def hammer(url, n, concurrency):
+    with ThreadPoolExecutor(concurrency) as pool, requests.Session() as _:
+        return list(pool.map(lambda _: requests.get(url, timeout=30), range(n)))
+
+
+# A config that loads the project's gunicorn.conf.py, then makes the master borrow a pooled
+# connection and keep it across the fork: the worst case for a pool shared with children.
+WARM_MASTER = """
+exec(compile(open("gunicorn.conf.py").read(), "gunicorn.conf.py", "exec"))
+preload_app = True
+_held = []
+
+def when_ready(server):
+    _held.append(server.app.callable.extensions["database"].borrow())
+"""
+
+
+@pytest.mark.parametrize("mode", ["lazy", "preload-with-master-connection"])
+def test_each_worker_owns_its_pool(db_env, start_gunicorn, mysql_server, tmp_path, mode):
+    env = {**db_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "DB_POOL_SIZE": "2",
+           "DB_POOL_TIMEOUT": "10"}
+    extra = []
+    if mode != "lazy":
+        (tmp_path / "warm.py").write_text(WARM_MASTER)
+        extra = ["--config", str(tmp_path / "warm.py")]
+    server = start_gunicorn(env, extra)
+    responses = hammer(server.url + "/api/users", 200, 16)
+    assert [r.status_code for r in responses] == [200] * 200
+    workers = server.worker_pids()
+    connects = db_connects(server.output())
+    assert len(workers) == 2
+    by_pid = {}
+    for pid, cid in connects:
+        by_pid.setdefault(pid, []).append(cid)
+    master = set(by_pid) - workers
+    assert master == (set() if mode == "lazy" else {server.process.pid}), (by_pid, workers)
+    assert set(by_pid) & workers == workers  # both workers opened their own connections
+    ids = [cid for _, cid in connects]
+    assert len(ids) == len(set(ids))  # no connection id shows up in two processes
+    assert all(len(by_pid[pid]) <= 2 for pid in workers), by_pid  # bounded by DB_POOL_SIZE
+    live = mysql_server.sql([f"SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                             f"WHERE DB = '{env['RDS_DB_NAME']}'"])[0][0]
+    assert live <= 4 + len(master)
+
+
+def test_threads_beyond_the_pool_wait_instead_of_failing(db_env, start_gunicorn):
+    env = {**db_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8", "DB_POOL_SIZE": "1",
+           "DB_POOL_TIMEOUT": "10"}
+    server = start_gunicorn(env)
+    responses = hammer(server.url + "/api/users?limit=100", 300, 32)
+    assert [r.status_code for r in responses] == [200] * 300
+
+
+def test_access_log_is_json_with_request_id(db_env, start_gunicorn):
+    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
+    requests.get(server.url + "/api/users", headers={"X-Request-Id": "req-123"}, timeout=10)
+    time.sleep(0.2)
+    access = [json.loads(l) for l in server.output().splitlines()
+              if l.startswith("{") and '"access"' in l]
+    entry = next(a for a in access if a["request_id"] == "req-123")
+    assert entry["method"] == "GET" and entry["path"] == "/api/users" and entry["status"] == 200
+    assert entry["duration_ms"] >= 0
+
+
+def test_bad_gunicorn_setting_names_the_variable(db_env, tmp_path):
+    import subprocess
+    import os
+    import sys
+    from conftest import ROOT, procfile_command
+
+    result = subprocess.run(procfile_command() + ["--check-config"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60,
+                            env={**os.environ, **db_env, "GUNICORN_THREADS": "lots",
+                                 "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    assert result.returncode != 0
+    assert "GUNICORN_THREADS='lots' is invalid" in result.stdout + result.stderr
+
+
+def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gunicorn):
+    db = localdb.LocalServer(basedir=tmp_path / "db").start()
+    try:
+        db.create_database("ebdb")
+        env = db.environ("ebdb")
+        conn = connect(env)
+        migrate.apply(conn)
+        conn.close()
+        env.update({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "DB_CONNECT_TIMEOUT": "2",
+                    "DB_POOL_IDLE_PING": "0"})
+        server = start_gunicorn(env)
+        users = server.url + "/api/users"
+        assert requests.post(users, json={"email": "o@example.com", "name": "O"}, timeout=10).status_code == 201
+        assert [r.status_code for r in hammer(users, 20, 8)] == [200] * 20
+
+        db.stop()
+        for _ in range(10):
+            started = time.monotonic()
+            response = requests.get(users, timeout=15)
+            elapsed = time.monotonic() - started
+            assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+            assert response.json()["error"]["code"] == "database_unavailable"
+            assert elapsed < 2 + 1  # within the connect timeout
+        ready = requests.get(server.url + "/health/ready", timeout=15)
+        assert ready.status_code == 503
+        assert requests.get(server.url + "/health", timeout=5).status_code == 200
+
+        db.start()
+        deadline = time.monotonic() + 20
+        while requests.get(users, timeout=15).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not recover"
+            time.sleep(0.2)
+        results = hammer(users, 40, 8)
+        assert [r.status_code for r in results] == [200] * 40
+        assert results[0].json()["data"][0]["email"] == "o@example.com"
+        assert server.process.poll() is None
+        assert "Traceback" not in server.output()
+    finally:
+        db.remove()
