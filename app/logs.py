@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import sys
-import uuid
 
 from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
@@ -65,7 +65,7 @@ def request_id_from(headers) -> str:
         value = headers.get(name)
         if value and _SAFE_ID.match(value):
             return value
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def init_app(app: Flask) -> None:

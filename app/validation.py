@@ -32,6 +32,8 @@ def parse_body(model: type[M]) -> M:
 
 def parse_query(model: type[M]) -> M:
     """Validate the query string: 400 invalid_parameter naming each bad parameter."""
+    if not request.args:
+        return model()
     try:
         return model.model_validate(request.args.to_dict(flat=True))
     except ValidationError as err:
