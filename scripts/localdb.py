@@ -10,6 +10,7 @@ server or its data. The datadir is removed on stop unless it was given by the ca
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -44,6 +45,31 @@ def _version(path: str) -> str:
         return subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
+
+
+def run_sql(statements: list[str], **connect_args) -> list:
+    """Run statements on a new autocommit connection; return the rows of the last one."""
+    import mysql.connector
+
+    conn = mysql.connector.connect(autocommit=True, ssl_disabled=True, **connect_args)
+    try:
+        cur = conn.cursor()
+        rows: list = []
+        for statement in statements:
+            cur.execute(statement)
+            rows = cur.fetchall() if cur.with_rows else []
+        return rows
+    finally:
+        conn.close()
+
+
+def procfile_command(root: Path, app: str | None = None) -> list[str]:
+    """The Procfile's web command as arguments, optionally serving another WSGI app."""
+    for line in (root / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            args = shlex.split(line.removeprefix("web:"))
+            return [app if app and a == "application:application" else a for a in args]
+    raise SystemExit(f"{root / 'Procfile'} has no web: line")
 
 
 def free_port() -> int:
@@ -145,21 +171,9 @@ class LocalServer:
     def sql(self, statements: list[str], *, via_socket: bool = False, user: str = ADMIN_USER,
             password: str = ADMIN_PASSWORD, database: str | None = None) -> list:
         """Run statements as an administrator; return the rows of the last one."""
-        import mysql.connector
-
         target = ({"unix_socket": str(self.socket_path)} if via_socket
                   else {"host": "127.0.0.1", "port": self.port})
-        conn = mysql.connector.connect(user=user, password=password, database=database,
-                                       autocommit=True, ssl_disabled=True, **target)
-        try:
-            cur = conn.cursor()
-            rows: list = []
-            for statement in statements:
-                cur.execute(statement)
-                rows = cur.fetchall() if cur.with_rows else []
-            return rows
-        finally:
-            conn.close()
+        return run_sql(statements, user=user, password=password, database=database, **target)
 
     def create_database(self, name: str, user: str = APP_USER) -> None:
         self.sql([f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",

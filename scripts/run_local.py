@@ -22,13 +22,6 @@ def say(message: str) -> None:
     print(f"run-local: {message}", file=sys.stderr, flush=True)
 
 
-def procfile_command() -> list[str]:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            return shlex.split(line.removeprefix("web:"))
-    raise SystemExit("Procfile has no web: line")
-
-
 def start_database(stack: list) -> dict[str, str]:
     """Environment for the database to use, starting one when none is configured."""
     if os.environ.get("RDS_HOSTNAME") or os.environ.get("RDS_ENDPOINT"):
@@ -63,7 +56,7 @@ def main() -> int:
                        check=True)
         env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
         say(f"serving on http://127.0.0.1:{env['PORT']}  (try /api/users; Ctrl-C to stop)")
-        gunicorn = subprocess.Popen(procfile_command(), cwd=ROOT, env=env)
+        gunicorn = subprocess.Popen(localdb.procfile_command(ROOT), cwd=ROOT, env=env)
         return gunicorn.wait()
     except KeyboardInterrupt:
         return 0

@@ -40,18 +40,8 @@ class ExistingServer:
         self.password = unquote(parts.password or "")
 
     def sql(self, statements, database=None, **_):
-        conn = mysql.connector.connect(host=self.host, port=self.port, user=self.user,
-                                       password=self.password, database=database,
-                                       autocommit=True, ssl_disabled=True)
-        try:
-            cur = conn.cursor()
-            rows = []
-            for statement in statements:
-                cur.execute(statement)
-                rows = cur.fetchall() if cur.with_rows else []
-            return rows
-        finally:
-            conn.close()
+        return localdb.run_sql(statements, host=self.host, port=self.port, user=self.user,
+                               password=self.password, database=database)
 
     def create_database(self, name):
         self.sql([f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"])
@@ -131,10 +121,7 @@ def connect(env: dict[str, str], **extra):
 
 def procfile_command() -> list[str]:
     """The web command exactly as the Procfile gives it."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            return line.removeprefix("web:").split()
-    raise AssertionError("Procfile has no web: line")
+    return localdb.procfile_command(ROOT)
 
 
 class Gunicorn:
