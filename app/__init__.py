@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
 from flask import Flask
 
 from app import cli, db, errors, health, logs, openapi, users
-from app.config import load_settings
-from app.credentials import provider_for
+from app.config import describe, load_settings
+from app.credentials import complete_settings, provider_for
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -23,6 +24,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """
     environ = os.environ if environ is None else environ
     settings = load_settings(environ)
+    credentials = provider_for(settings)
+    settings = complete_settings(settings, credentials)
 
     app = Flask(__name__)
     app.config.update(
@@ -35,7 +38,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 
     logs.init_app(app)
     errors.init_app(app)
-    db.init_app(app, db.Database(settings, provider_for(settings)))
+    db.init_app(app, db.Database(settings, credentials))
+    logging.getLogger(__name__).info(
+        "database settings", extra={"event": "startup", **describe(settings),
+                                    "credentials": credentials.description})
     app.register_blueprint(health.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(openapi.bp)

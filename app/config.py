@@ -7,6 +7,7 @@ names every offending variable and what it expects, instead of surfacing as a 50
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -30,6 +31,8 @@ class AuthMode(str, enum.Enum):
     """Where the password for a new database connection comes from."""
 
     PASSWORD = "password"  # RDS_PASSWORD, as Beanstalk sets it for a coupled RDS instance
+    SECRETS_MANAGER = "secretsmanager"  # DB_SECRET_ID: an RDS-format secret, rotation-aware
+    IAM = "iam"  # a fresh RDS IAM auth token per connection, over verified TLS
 
 
 class SslMode(str, enum.Enum):
@@ -40,6 +43,10 @@ class SslMode(str, enum.Enum):
     VERIFY_CA = "verify-ca"
     VERIFY_IDENTITY = "verify-identity"
 
+
+# Where the deployment puts the RDS CA "global bundle" (see .platform/hooks/prebuild).
+DEFAULT_SSL_CA = "/etc/pki/tls/certs/rds-global-bundle.pem"
+_VERIFYING = ("verify-ca", "verify-identity")
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 WholeSeconds = Annotated[int, Field(ge=1, le=3600)]
@@ -52,8 +59,10 @@ EXPECTED = {
     "RDS_USERNAME": "the database user name",
     "RDS_PASSWORD": "the database password (required when DB_AUTH=password)",
     "DB_AUTH": "one of: " + ", ".join(m.value for m in AuthMode),
+    "DB_SECRET_ID": "the name or ARN of an RDS-format secret (required when DB_AUTH=secretsmanager)",
+    "AWS_REGION": "an AWS region such as eu-west-1 (for IAM tokens, default: from the RDS host name)",
     "DB_SSL_MODE": "one of: " + ", ".join(m.value for m in SslMode),
-    "DB_SSL_CA": "a path to a PEM bundle of CA certificates",
+    "DB_SSL_CA": f"a path to a PEM bundle of CA certificates (default {DEFAULT_SSL_CA})",
     "DB_POOL_SIZE": "an integer from 1 to 200: connections per worker process",
     "DB_POOL_TIMEOUT": "seconds (> 0) a request waits for a free connection before a 503",
     "DB_POOL_MAX_LIFETIME": "seconds (> 0) after which a connection is closed and replaced",
@@ -68,14 +77,19 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    host: str = Field(validation_alias=AliasChoices("RDS_HOSTNAME", "RDS_ENDPOINT"), min_length=1)
+    # host, database and user may come from the secret when DB_AUTH=secretsmanager.
+    host: str | None = Field(None, validation_alias=AliasChoices("RDS_HOSTNAME", "RDS_ENDPOINT"),
+                             min_length=1)
     port: int = Field(3306, validation_alias="RDS_PORT", ge=1, le=65535)
-    database: str = Field(validation_alias="RDS_DB_NAME", min_length=1, max_length=64)
-    user: str = Field(validation_alias="RDS_USERNAME", min_length=1, max_length=80)
+    database: str | None = Field(None, validation_alias="RDS_DB_NAME", min_length=1, max_length=64)
+    user: str | None = Field(None, validation_alias="RDS_USERNAME", min_length=1, max_length=80)
     password: SecretStr | None = Field(None, validation_alias="RDS_PASSWORD")
     auth: AuthMode = Field(AuthMode.PASSWORD, validation_alias="DB_AUTH")
+    secret_id: str | None = Field(None, validation_alias="DB_SECRET_ID", min_length=1)
+    aws_region: str | None = Field(None, validation_alias="AWS_REGION",
+                                   pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
     ssl_mode: SslMode = Field(SslMode.REQUIRED, validation_alias="DB_SSL_MODE")
-    ssl_ca: str | None = Field(None, validation_alias="DB_SSL_CA")
+    ssl_ca: str = Field(DEFAULT_SSL_CA, validation_alias="DB_SSL_CA", min_length=1)
     pool_size: int = Field(8, validation_alias="DB_POOL_SIZE", ge=1, le=200)
     pool_timeout: Seconds = Field(2.0, validation_alias="DB_POOL_TIMEOUT")
     pool_max_lifetime: Seconds = Field(1800.0, validation_alias="DB_POOL_MAX_LIFETIME")
@@ -86,7 +100,12 @@ class Settings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _split_endpoint(cls, data: dict) -> dict:
-        """RDS shows endpoints as host:port; accept that form in RDS_ENDPOINT."""
+        """RDS shows endpoints as host:port; accept that form in RDS_ENDPOINT.
+
+        IAM authentication defaults to verify-identity: a token must only go to the real host.
+        """
+        if data.get("DB_AUTH") == AuthMode.IAM.value and "DB_SSL_MODE" not in data:
+            data = {**data, "DB_SSL_MODE": SslMode.VERIFY_IDENTITY.value}
         endpoint = data.get("RDS_ENDPOINT")
         if endpoint and not data.get("RDS_HOSTNAME") and ":" in endpoint:
             host, _, port = endpoint.rpartition(":")
@@ -96,17 +115,35 @@ class Settings(BaseModel):
 
     @field_validator("host")
     @classmethod
-    def _plain_host(cls, value: str) -> str:
-        if "/" in value or " " in value or ":" in value:
+    def _plain_host(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or " " in value or ":" in value):
             raise ValueError("must be a bare host name, without scheme, path or port")
         return value
 
     @model_validator(mode="after")
     def _auth_needs(self) -> Settings:
+        problems = []
+        if self.auth is not AuthMode.SECRETS_MANAGER:
+            # Without a secret to fill them in, these must come from the environment.
+            for var, value in (("RDS_HOSTNAME", self.host), ("RDS_DB_NAME", self.database),
+                               ("RDS_USERNAME", self.user)):
+                if not value:
+                    problems.append(f"{var}: is required (got not set); expected {EXPECTED[var]}")
         if self.auth is AuthMode.PASSWORD and not self.password:
-            raise ValueError("RDS_PASSWORD is required when DB_AUTH=password")
-        if self.ssl_mode in (SslMode.VERIFY_CA, SslMode.VERIFY_IDENTITY) and not self.ssl_ca:
-            raise ValueError(f"DB_SSL_CA is required when DB_SSL_MODE={self.ssl_mode.value}")
+            problems.append("RDS_PASSWORD is required when DB_AUTH=password")
+        if self.auth is AuthMode.SECRETS_MANAGER and not self.secret_id:
+            problems.append("DB_SECRET_ID is required when DB_AUTH=secretsmanager: "
+                            "set it to the secret's name or ARN")
+        if self.auth is AuthMode.IAM and self.ssl_mode.value not in _VERIFYING:
+            problems.append(f"DB_SSL_MODE={self.ssl_mode.value} is not allowed with DB_AUTH=iam: "
+                            "the token is a password sent in clear text over TLS; use verify-ca or "
+                            "verify-identity")
+        if self.ssl_mode.value in _VERIFYING and not os.path.isfile(self.ssl_ca):
+            problems.append(f"DB_SSL_CA: no file at {self.ssl_ca!r}, needed for DB_SSL_MODE="
+                            f"{self.ssl_mode.value}; deploy the RDS CA bundle there or point "
+                            "DB_SSL_CA at it")
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
 
@@ -118,9 +155,19 @@ _FIELD_TO_VAR = {
 _SECRET_VARS = {"RDS_PASSWORD"}
 
 
+def describe(settings: Settings) -> dict[str, object]:
+    """What the startup log says about the database: never a password, token or secret."""
+    return {"auth": settings.auth.value, "host": settings.host, "port": settings.port,
+            "database": settings.database, "user": settings.user,
+            "secret_id": settings.secret_id, "ssl_mode": settings.ssl_mode.value,
+            "ssl_ca": settings.ssl_ca if settings.ssl_mode is not SslMode.DISABLED else None}
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Validate the environment; raise ConfigError naming each bad variable and the fix."""
     values = {k: v for k, v in environ.items() if k in EXPECTED or k == "RDS_ENDPOINT"}
+    if "AWS_REGION" not in values and environ.get("AWS_DEFAULT_REGION"):
+        values["AWS_REGION"] = environ["AWS_DEFAULT_REGION"]
     values = {k: v for k, v in values.items() if v != ""}  # an empty property means "not set"
     try:
         return Settings.model_validate(values)

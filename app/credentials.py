@@ -1,17 +1,31 @@
-"""Credentials for each new physical database connection.
+"""Credentials for each new physical database connection: a password, a secret, or an IAM token.
 
 The pool calls a provider every time it opens a connection, never once at startup, so a
 source whose credentials change (a rotated secret, an expiring IAM token) is asked again
-instead of being frozen into the pool. This is the only module that may know about AWS.
+instead of being frozen into the pool. This is the only module that knows about AWS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from app.config import AuthMode, Settings
+from app.config import AuthMode, ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+# IAM auth tokens are valid for 15 minutes; one older than this is never handed out.
+IAM_TOKEN_MAX_AGE = 10 * 60
+# How long a fetched secret is trusted before the next new connection fetches it again.
+SECRET_TTL = 5 * 60
+
+_RDS_REGION = re.compile(r"\.([a-z]{2}(?:-gov)?-[a-z]+-\d)\.rds\.amazonaws\.com(?:\.cn)?$")
 
 
 @dataclass(frozen=True)
@@ -48,9 +62,152 @@ class StaticPassword:
         yield Credentials(self.user, self.password)
 
 
+class SecretsManagerPassword:
+    """The password (and, where the environment is silent, user and endpoint) from a secret.
+
+    The secret is the JSON that RDS and Secrets Manager rotation use. It is cached for
+    SECRET_TTL; when the server refuses the cached password the secret is fetched again,
+    and during a rotation window the AWSPENDING version (which the database may already
+    have) is tried before giving up. aws-secretsmanager-caching offers no public forced
+    refresh (its issues #16 and #33), which that window needs, hence this small cache.
+    """
+
+    def __init__(self, secret_id: str, client: Any, user: str | None = None,
+                 ttl: float = SECRET_TTL, clock: Callable[[], float] = time.monotonic):
+        self.secret_id = secret_id
+        self.description = f"Secrets Manager secret {secret_id}"
+        self._client = client
+        self._user = user
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: dict[str, Any] | None = None
+        self._fetched_at = 0.0
+
+    def secret(self, refresh: bool = False) -> dict[str, Any]:
+        """The AWSCURRENT secret as a dict, from the cache unless stale or refresh is asked."""
+        with self._lock:
+            if refresh or self._cached is None or self._clock() - self._fetched_at >= self._ttl:
+                self._cached = self._fetch("AWSCURRENT")
+                self._fetched_at = self._clock()
+            return self._cached
+
+    def _fetch(self, stage: str) -> dict[str, Any]:
+        response = self._client.get_secret_value(SecretId=self.secret_id, VersionStage=stage)
+        try:
+            value = json.loads(response["SecretString"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"DB_SECRET_ID: secret {self.secret_id} is not a JSON object with "
+                              "username and password (the format RDS rotation uses)") from None
+        if not isinstance(value, dict) or "password" not in value:
+            raise ConfigError(f"DB_SECRET_ID: secret {self.secret_id} has no password field")
+        value["_version_id"] = response.get("VersionId")
+        return value
+
+    def _credentials(self, secret: dict[str, Any]) -> Credentials:
+        user = self._user or secret.get("username")
+        if not user:
+            raise ConfigError("RDS_USERNAME is not set and the secret has no username field")
+        return Credentials(user, secret["password"])
+
+    def candidates(self) -> Iterator[Credentials]:
+        current = self.secret()
+        tried = {current.get("_version_id")}
+        yield self._credentials(current)
+        log.info("database refused the cached secret; fetching it again",
+                 extra={"event": "secret_refresh"})
+        current = self.secret(refresh=True)
+        if current.get("_version_id") not in tried:
+            tried.add(current.get("_version_id"))
+            yield self._credentials(current)
+        try:
+            pending = self._fetch("AWSPENDING")
+        except self._client.exceptions.ResourceNotFoundException:
+            return  # no rotation under way
+        if pending.get("_version_id") not in tried:
+            log.info("trying the AWSPENDING secret (rotation under way)",
+                     extra={"event": "secret_pending"})
+            yield self._credentials(pending)
+
+
+class IamAuthToken:
+    """RDS IAM authentication: a signed token as the password of each new connection.
+
+    A token is generated locally (no network call) and checked by RDS only when a
+    connection opens, so open connections outlive it. It is reused while younger than
+    IAM_TOKEN_MAX_AGE and regenerated after, so a pool can never present an expired one.
+    """
+
+    def __init__(self, client: Any, host: str, port: int, user: str, region: str,
+                 max_age: float = IAM_TOKEN_MAX_AGE, clock: Callable[[], float] = time.time):
+        self.description = f"IAM auth token for {user} in {region}"
+        self._client = client
+        self._host, self._port, self._user, self._region = host, port, user, region
+        self._max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._issued_at = 0.0
+
+    def token(self, fresh: bool = False) -> str:
+        with self._lock:
+            now = self._clock()
+            if fresh or self._token is None or now - self._issued_at >= self._max_age:
+                self._token = self._client.generate_db_auth_token(
+                    DBHostname=self._host, Port=self._port, DBUsername=self._user,
+                    Region=self._region)
+                self._issued_at = now
+            return self._token
+
+    def candidates(self) -> Iterator[Credentials]:
+        yield Credentials(self._user, self.token())
+        yield Credentials(self._user, self.token(fresh=True))
+
+
+def region_for(settings: Settings, environ_region: str | None) -> str:
+    """AWS_REGION, else the region in an RDS (or RDS Proxy) endpoint name."""
+    if environ_region:
+        return environ_region
+    match = _RDS_REGION.search(settings.host or "")
+    if match:
+        return match[1]
+    raise ConfigError("AWS_REGION: is required (got not set) when DB_AUTH=iam and RDS_HOSTNAME "
+                      "is not an *.<region>.rds.amazonaws.com endpoint; set it to the DB's region.")
+
+
+def _client(service: str, region: str | None):
+    import boto3  # imported here so password mode never loads boto3
+
+    return boto3.session.Session().client(service, region_name=region)
+
+
 def provider_for(settings: Settings) -> CredentialProvider:
-    """Build the provider DB_AUTH selects."""
+    """Build the provider DB_AUTH selects (AWS clients use the instance profile's credentials)."""
     if settings.auth is AuthMode.PASSWORD:
         assert settings.password is not None  # enforced by Settings
         return StaticPassword(settings.user, settings.password.get_secret_value())
-    raise NotImplementedError(settings.auth)  # pragma: no cover - Settings rejects other modes
+    if settings.auth is AuthMode.SECRETS_MANAGER:
+        return SecretsManagerPassword(settings.secret_id, _client("secretsmanager", settings.aws_region),
+                                      user=settings.user)
+    region = region_for(settings, settings.aws_region)
+    return IamAuthToken(_client("rds", region), settings.host, settings.port, settings.user, region)
+
+
+def complete_settings(settings: Settings, provider: CredentialProvider) -> Settings:
+    """Fill host, port, database and user left unset by the environment from the secret."""
+    if not isinstance(provider, SecretsManagerPassword):
+        return settings
+    secret = provider.secret()
+    filled = {
+        "host": settings.host or secret.get("host"),
+        "port": (settings.port if "port" in settings.model_fields_set
+                 else int(secret.get("port") or settings.port)),
+        "database": settings.database or secret.get("dbname"),
+        "user": settings.user or secret.get("username"),
+    }
+    missing = [var for var, key in (("RDS_HOSTNAME", "host"), ("RDS_DB_NAME", "database"),
+                                    ("RDS_USERNAME", "user")) if not filled[key]]
+    if missing:
+        raise ConfigError(", ".join(missing) + ": not set in the environment nor in the secret "
+                          f"{provider.secret_id}; set them as environment properties.")
+    return settings.model_copy(update=filled)

@@ -101,15 +101,17 @@ def apply(conn, migrations: list[Migration] | None = None,
 
 def main(environ=os.environ) -> int:
     from app.config import ConfigError, load_settings
-    from app.credentials import provider_for
+    from app.credentials import complete_settings, provider_for
     from app.db.connection import ConnectionOpener
 
     try:
         settings = load_settings(environ)
+        credentials = provider_for(settings)
+        settings = complete_settings(settings, credentials)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    conn = ConnectionOpener(settings, provider_for(settings))()
+    conn = ConnectionOpener(settings, credentials)()
     try:
         done = apply(conn)
     except MigrationError as err:

@@ -12,6 +12,7 @@ def test_defaults_fit_beanstalk():
     assert (s.host, s.port, s.database, s.user) == ("db.example.internal", 3306, "ebdb", "app")
     assert s.password.get_secret_value() == "s3cret-canary"
     assert s.auth is AuthMode.PASSWORD and s.ssl_mode is SslMode.REQUIRED
+    assert s.ssl_ca == "/etc/pki/tls/certs/rds-global-bundle.pem"
     assert (s.pool_size, s.pool_timeout, s.pool_max_lifetime, s.pool_idle_ping) == (8, 2.0, 1800.0, 30.0)
     assert (s.connect_timeout, s.read_timeout) == (5, 30)
 
@@ -36,7 +37,7 @@ def test_missing_variables_are_all_named_with_the_fix():
 @pytest.mark.parametrize("var, value, expected", [
     ("RDS_PORT", "abc", "RDS_PORT"),
     ("RDS_PORT", "70000", "between 1 and 65535"),
-    ("DB_AUTH", "kerberos", "one of: password"),
+    ("DB_AUTH", "kerberos", "one of: password, secretsmanager, iam"),
     ("DB_SSL_MODE", "preferred", "one of: disabled, required, verify-ca, verify-identity"),
     ("DB_POOL_SIZE", "0", "DB_POOL_SIZE"),
     ("DB_POOL_TIMEOUT", "-1", "DB_POOL_TIMEOUT"),
@@ -62,11 +63,54 @@ def test_password_is_required_in_password_mode_and_never_echoed():
     assert "s3cret-canary" not in repr(load_settings(BASE))
 
 
-def test_verifying_tls_needs_a_ca_bundle():
-    with pytest.raises(ConfigError, match="DB_SSL_CA is required when DB_SSL_MODE=verify-identity"):
+def test_verifying_tls_needs_the_ca_bundle_file(tmp_path):
+    with pytest.raises(ConfigError, match="DB_SSL_CA: no file at '/etc/pki/tls/certs/rds-global-bundle.pem'"):
         load_settings({**BASE, "DB_SSL_MODE": "verify-identity"})
-    s = load_settings({**BASE, "DB_SSL_MODE": "verify-ca", "DB_SSL_CA": "/etc/pki/rds.pem"})
-    assert s.ssl_ca == "/etc/pki/rds.pem"
+    bundle = tmp_path / "rds.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    s = load_settings({**BASE, "DB_SSL_MODE": "verify-ca", "DB_SSL_CA": str(bundle)})
+    assert s.ssl_ca == str(bundle)
+
+
+def test_secretsmanager_mode_needs_only_the_secret():
+    s = load_settings({"DB_AUTH": "secretsmanager", "DB_SECRET_ID": "prod/db"})
+    assert s.auth is AuthMode.SECRETS_MANAGER and s.host is None and s.secret_id == "prod/db"
+    with pytest.raises(ConfigError, match="DB_SECRET_ID is required when DB_AUTH=secretsmanager"):
+        load_settings({**BASE, "DB_AUTH": "secretsmanager"})
+
+
+def test_iam_mode_defaults_to_verify_identity_and_refuses_weaker_tls(tmp_path):
+    bundle = tmp_path / "rds.pem"
+    bundle.write_text("x")
+    env = {**BASE, "DB_AUTH": "iam", "DB_SSL_CA": str(bundle)}
+    del env["RDS_PASSWORD"]
+    assert load_settings(env).ssl_mode is SslMode.VERIFY_IDENTITY
+    assert load_settings({**env, "DB_SSL_MODE": "verify-ca"}).ssl_mode is SslMode.VERIFY_CA
+    for weak in ("disabled", "required"):
+        with pytest.raises(ConfigError, match=f"DB_SSL_MODE={weak} is not allowed with DB_AUTH=iam"):
+            load_settings({**env, "DB_SSL_MODE": weak})
+
+
+@pytest.mark.parametrize("host, region", [
+    ("mydb.c9akciq32.eu-west-1.rds.amazonaws.com", "eu-west-1"),
+    ("app-proxy.proxy-c9akciq32.us-east-2.rds.amazonaws.com", "us-east-2"),
+    ("mydb.c9akciq32.us-gov-west-1.rds.amazonaws.com", "us-gov-west-1"),
+    ("mydb.c9akciq32.cn-north-1.rds.amazonaws.com.cn", "cn-north-1"),
+])
+def test_iam_region_comes_from_rds_and_proxy_endpoints(host, region):
+    from app.credentials import region_for
+
+    assert region_for(load_settings({**BASE, "RDS_HOSTNAME": host}), None) == region
+    assert region_for(load_settings({**BASE, "RDS_HOSTNAME": host}), "ap-south-1") == "ap-south-1"
+
+
+def test_iam_region_must_be_known():
+    from app.credentials import region_for
+
+    with pytest.raises(ConfigError, match="AWS_REGION: is required"):
+        region_for(load_settings(BASE), None)
+    with pytest.raises(ConfigError, match="AWS_REGION"):
+        load_settings({**BASE, "AWS_REGION": "moon-base"})
 
 
 def test_empty_property_means_unset():

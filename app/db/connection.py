@@ -8,13 +8,13 @@ import os
 import mysql.connector
 from mysql.connector import errorcode
 
-from app.config import Settings, SslMode
+from app.config import AuthMode, Settings, SslMode
 from app.credentials import CredentialProvider
 
 log = logging.getLogger(__name__)
 
 
-def connect_arguments(settings: Settings) -> dict:
+def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
     """mysql-connector arguments shared by every connection, credentials excluded."""
     args = dict(
         host=settings.host,
@@ -27,8 +27,12 @@ def connect_arguments(settings: Settings) -> dict:
         time_zone="+00:00",  # TIMESTAMP columns come back in UTC
         charset="utf8mb4",
         collation="utf8mb4_unicode_ci",
-        use_pure=False,  # the C extension; mysql.connector.HAVE_CEXT says whether it loaded
+        use_pure=use_pure,  # False: the C extension (mysql.connector.HAVE_CEXT says it loaded)
     )
+    if settings.auth is AuthMode.IAM:
+        # The token travels as a cleartext password: only ever inside verified TLS (Settings
+        # refuses IAM below verify-ca, and the driver refuses cleartext without TLS).
+        args["auth_plugin"] = "mysql_clear_password"
     if settings.ssl_mode is SslMode.DISABLED:
         args["ssl_disabled"] = True
     else:
@@ -43,10 +47,10 @@ def connect_arguments(settings: Settings) -> dict:
 class ConnectionOpener:
     """The pool's creator: asks the credential provider anew for every physical connection."""
 
-    def __init__(self, settings: Settings, credentials: CredentialProvider):
+    def __init__(self, settings: Settings, credentials: CredentialProvider, use_pure: bool = False):
         self.settings = settings
         self.credentials = credentials
-        self._args = connect_arguments(settings)
+        self._args = connect_arguments(settings, use_pure)
 
     def __call__(self):
         denied: mysql.connector.Error | None = None
