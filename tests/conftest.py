@@ -155,10 +155,15 @@ class Gunicorn:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def worker_pids(self) -> set[int]:
-        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.process.pid)],
-                                  capture_output=True, text=True).stdout.split()
-        return {int(p) for p in children}
+    def worker_pids(self, expect: int = 0, timeout: float = 10) -> set[int]:
+        """The master's children; waits until there are `expect` of them (workers fork one by one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.process.pid)],
+                                      capture_output=True, text=True).stdout.split()
+            if len(children) >= expect or time.monotonic() > deadline:
+                return {int(p) for p in children}
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process.poll() is None:
