@@ -47,6 +47,29 @@ def _version(path: str) -> str:
         return ""
 
 
+def make_ca(directory: Path, name: str, subject: str | None = None) -> Path:
+    """A self-signed test CA: writes NAME.pem and NAME.key in `directory`, returns the PEM."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", subject or f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+             cwd=directory)
+    return directory / f"{name}.pem"
+
+
+def make_server_cert(directory: Path, ca: str = "ca") -> list[str]:
+    """A server certificate for 127.0.0.1 signed by CA; returns the server's TLS arguments."""
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
+             "server.key", "-out", "server.csr", cwd=directory)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)
+    return [f"--ssl-ca={directory / f'{ca}.pem'}", f"--ssl-cert={directory / 'server.pem'}",
+            f"--ssl-key={directory / 'server.key'}"]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
 def run_sql(statements: list[str], **connect_args) -> list:
     """Run statements on a new autocommit connection; return the rows of the last one."""
     import mysql.connector

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -33,23 +32,6 @@ SECRET_KEY = "test-secret-key-for-the-pam-checker-only"
 REGION = "us-east-1"
 IAM_USER = "iam_app"
 PLUGIN_DIR = Path("/usr/lib/mysql/plugin")
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(directory: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=directory)
-
-
-def make_server_cert(directory: Path) -> None:
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
-            "server.key", "-out", "server.csr", cwd=directory)
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)
 
 
 def pam_plugin() -> str | None:
@@ -82,13 +64,11 @@ def iam_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("iam")
     certs = work / "certs"
     certs.mkdir()
-    make_ca(certs, "ca")
-    make_ca(certs, "wrong-ca")
-    make_server_cert(certs)
+    localdb.make_ca(certs, "ca")
+    localdb.make_ca(certs, "wrong-ca")
+    tls = localdb.make_server_cert(certs)
     server = localdb.LocalServer(basedir=work / "db", extra_args=[
-        f"--ssl-ca={certs / 'ca.pem'}", f"--ssl-cert={certs / 'server.pem'}",
-        f"--ssl-key={certs / 'server.key'}", f"--plugin-load-add={plugin}",
-        "--pam-use-cleartext-plugin=ON"]).start()
+        *tls, f"--plugin-load-add={plugin}", "--pam-use-cleartext-plugin=ON"]).start()
     service = f"iamtest{uuid.uuid4().hex[:8]}"
     pam_file = Path("/etc/pam.d") / service
     config = {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "region": REGION,
