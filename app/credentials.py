@@ -116,18 +116,24 @@ class SecretsManagerPassword:
         yield self._credentials(current)
         log.info("database refused the cached secret; fetching it again",
                  extra={"event": "secret_refresh"})
-        current = self.secret(refresh=True)
-        if current.get("_version_id") not in tried:
-            tried.add(current.get("_version_id"))
-            yield self._credentials(current)
+        # AWSCURRENT, then AWSPENDING, then AWSCURRENT once more: a rotation that finishes
+        # between two of these calls (AWSCURRENT moved to the new version, AWSPENDING
+        # removed) is still caught by the last one.
+        for stage in ("AWSCURRENT", "AWSPENDING", "AWSCURRENT"):
+            value = self.secret(refresh=True) if stage == "AWSCURRENT" else self._pending()
+            if value is None or value.get("_version_id") in tried:
+                continue
+            tried.add(value.get("_version_id"))
+            if stage == "AWSPENDING":
+                log.info("trying the AWSPENDING secret (rotation under way)",
+                         extra={"event": "secret_pending"})
+            yield self._credentials(value)
+
+    def _pending(self) -> dict[str, Any] | None:
         try:
-            pending = self._fetch("AWSPENDING")
+            return self._fetch("AWSPENDING")
         except self._client.exceptions.ResourceNotFoundException:
-            return  # no rotation under way
-        if pending.get("_version_id") not in tried:
-            log.info("trying the AWSPENDING secret (rotation under way)",
-                     extra={"event": "secret_pending"})
-            yield self._credentials(pending)
+            return None  # no rotation under way
 
 
 class IamAuthToken:
