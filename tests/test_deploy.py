@@ -5,6 +5,8 @@ the bundle broken the ways real deployments break.
 """
 
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -93,16 +95,108 @@ def test_gitattributes_forces_lf_on_deployment_files():
     assert out == [f"{p}: eol: lf" for p in paths]
 
 
-def test_rehearsal_passes_on_what_ships(bundle):
-    result = run("rehearse-deploy", "--bundle", str(bundle))
+def readme_lines(prefix: str) -> list[str]:
+    """Command lines of the README's sh blocks that start with `prefix`."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    return [line.strip() for block in blocks for line in block.splitlines()
+            if line.strip().startswith(prefix)]
+
+
+def test_readme_rehearsal_command_passes_on_what_ships():
+    [line] = readme_lines(".venv/bin/python scripts/rehearse-deploy")
+    result = subprocess.run([PYTHON, *shlex.split(line)[1:]], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    for step in ("cfn-lint: 2 resource(s), no findings", "checkov:", "none failed",
+    for step in ("checks passed", "cfn-lint: 2 resource(s), no findings", "checkov:", "none failed",
                  "parliament: 1 IAM policy document(s), no findings",
                  "hooks/prebuild/01_rds_ca_bundle.sh: ok", "container_commands.01_migrate (leader_only): ok",
                  "hooks/postdeploy/01_smoke_check.sh: ok", "DB_SSL_MODE=verify-identity",
                  "confighooks/postdeploy/01_smoke_check.sh: ok", "/health and /api/users: 200"):
         assert step in output, step
+
+
+@pytest.fixture(scope="module")
+def eb_venv() -> Path:
+    """The README's EB CLI install, run for real (a virtualenv of its own)."""
+    [line] = readme_lines("./scripts/install-eb-cli")
+    result = subprocess.run(shlex.split(line), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "EB CLI 3.27.5" in result.stdout
+    venv = ROOT / ".venv-eb"
+    # Its own environment: the EB CLI's pins never reach the app's virtualenv.
+    assert not list((Path(PYTHON).parent.parent / "lib").glob("python*/site-packages/ebcli"))
+    return venv
+
+
+# Parses each `eb` line with the argument definitions of the EB CLI's own controllers.
+EB_PARSE = r"""
+import argparse, importlib, pkgutil, shlex, sys
+import ebcli.controllers as package
+
+commands = {}
+for module_info in pkgutil.iter_modules(package.__path__):
+    module = importlib.import_module(f"ebcli.controllers.{module_info.name}")
+    for obj in vars(module).values():
+        meta = getattr(obj, "Meta", None)
+        if isinstance(obj, type) and obj.__module__ == module.__name__ and hasattr(meta, "arguments"):
+            commands.setdefault(getattr(meta, "label", None), meta.arguments)
+failed = 0
+for line in sys.stdin.read().splitlines():
+    command, *args = shlex.split(line)[1:]
+    if command not in commands:
+        print(f"{line}: eb has no command {command!r}"); failed += 1; continue
+    parser = argparse.ArgumentParser(prog=f"eb {command}", add_help=False, exit_on_error=False)
+    for flags in (["-r", "--region"], ["--profile"]):
+        parser.add_argument(*flags)
+    for flag in ("--debug", "--quiet", "--verbose", "--no-verify-ssl"):
+        parser.add_argument(flag, action="store_true")
+    for flags, options in commands[command]:
+        parser.add_argument(*flags, **{k: v for k, v in options.items() if k != "help"})
+    try:
+        parsed, unknown = parser.parse_known_args(args)
+    except (argparse.ArgumentError, SystemExit) as err:
+        print(f"{line}: {err}"); failed += 1; continue
+    if unknown:
+        print(f"{line}: eb {command} has no option {unknown}"); failed += 1
+print(f"checked {len(commands)} commands")
+sys.exit(1 if failed else 0)
+"""
+
+
+def eb_parse(eb_venv: Path, lines: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(eb_venv / "bin" / "python"), "-c", EB_PARSE], input="\n".join(lines),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_readme_eb_commands_parse_with_the_eb_cli(eb_venv):
+    lines = readme_lines("eb ")
+    assert [shlex.split(line)[1] for line in lines] == ["init", "create", "setenv", "deploy", "health", "logs"]
+    result = eb_parse(eb_venv, lines)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The check itself catches a misspelt option and an unknown command.
+    bad = eb_parse(eb_venv, ["eb create prod --instance-profile x", "eb deplyo"])
+    assert bad.returncode == 1
+    assert "--instance-profile" in bad.stdout and "eb has no command 'deplyo'" in bad.stdout
+
+
+def test_bundle_matches_the_eb_clis_own_zip(eb_venv, bundle, tmp_path):
+    """The EB CLI's own code zips the project with .ebignore: the same files must come out."""
+    theirs = tmp_path / "eb.zip"
+    script = (
+        "import sys\n"
+        "from ebcli.core import fileoperations as f\n"
+        "root = sys.argv[1]\n"
+        "f.get_project_root = lambda: root\n"
+        "f.get_ebignore_location = lambda: root + '/.ebignore'\n"
+        "f.zip_up_folder(root, sys.argv[2], ignore_list=f.get_ebignore_list())\n")
+    subprocess.run([str(eb_venv / "bin" / "python"), "-c", script, str(ROOT), str(theirs)], check=True,
+                   cwd=ROOT, timeout=300)
+    with zipfile.ZipFile(theirs) as zf:
+        eb_files = {os.path.normpath(i.filename) for i in zf.infolist() if not i.is_dir()}
+    with zipfile.ZipFile(bundle) as zf:
+        our_files = {i.filename for i in zf.infolist() if not i.is_dir()}
+    assert our_files == eb_files
 
 
 def _replace(target: str, old: bytes, new: bytes):

@@ -205,3 +205,27 @@ def test_errors_say_what_to_fix(aws, capsys):
     code = provision.main(["--db-instance", "nope", "--region", REGION])
     err = capsys.readouterr().err
     assert code == 2 and "no RDS instance 'nope' in eu-west-1" in err
+
+
+def test_readme_provision_commands(aws, capsys, tmp_path):
+    """The README's two lines, as written, against the moto account (options go to a temp file)."""
+    import re
+    import shlex
+
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    lines = [l.strip() for b in blocks for l in b.splitlines() if "scripts/provision" in l]
+    assert len(lines) == 2 and lines[0].endswith("--dry-run")
+    options = tmp_path / "02-database-options.config"
+    outputs = []
+    for line in lines:
+        args = shlex.split(line.replace(".ebextensions/02-database-options.config", str(options)))
+        assert args[:2] == [".venv/bin/python", "scripts/provision"]
+        assert provision.main(args[2:]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert "dry run: 7 change(s) planned, none made" in outputs[0]
+    assert "7 change(s) made" in outputs[1]
+    assert yaml.safe_load(options.read_text())["option_settings"]["aws:elasticbeanstalk:customoption"][
+        "DatabaseResourceId"] == aws["resource_id"]
+    envvars = re.search(r"eb create ENVIRONMENT --envvars (\S+)", outputs[1])[1]
+    assert envvars == (f"DB_AUTH=iam,RDS_HOSTNAME={aws['host']},RDS_PORT=3306,RDS_DB_NAME=ebdb,"
+                       f"RDS_USERNAME=app,AWS_REGION={REGION}")
