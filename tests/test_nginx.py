@@ -1,0 +1,153 @@
+"""The nginx settings in .platform, inside a server block shaped like Beanstalk's, in front of gunicorn.
+
+The http and server blocks below are those of the Amazon Linux 2023 platform's nginx.conf
+(including its `gzip off` and `gzip_types` lines, which our file must not repeat), and
+00_application.conf is the platform's `location /` for the app's port.
+"""
+
+import gzip
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+import localdb
+from conftest import ROOT
+
+OUR_CONF = ROOT / ".platform/nginx/conf.d/elasticbeanstalk/01_api.conf"
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    server_tokens off;
+    include       /etc/nginx/mime.types;
+    default_type  application/octet-stream;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    access_log off;
+    map $http_upgrade $connection_upgrade {{
+        default     "upgrade";
+    }}
+    server {{
+        listen        127.0.0.1:{port} default_server;
+        client_header_timeout 60;
+        client_body_timeout   60;
+        keepalive_timeout     60;
+        gzip                  off;
+        gzip_comp_level       4;
+        gzip_types text/plain text/css application/json application/javascript application/x-javascript text/xml application/xml application/xml+rss text/javascript;
+        # Include the Elastic Beanstalk generated locations
+        include {work}/conf.d/elasticbeanstalk/*.conf;
+    }}
+}}
+"""
+
+APPLICATION_CONF = """
+location / {
+    proxy_pass          http://127.0.0.1:8000;
+    proxy_http_version  1.1;
+    proxy_set_header    Connection          $connection_upgrade;
+    proxy_set_header    Upgrade             $http_upgrade;
+    proxy_set_header    Host                $host;
+    proxy_set_header    X-Real-IP           $remote_addr;
+    proxy_set_header    X-Forwarded-For     $proxy_add_x_forwarded_for;
+}
+"""
+
+
+def nginx_binary():
+    found = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    if not found:
+        message = "nginx is not installed (apt-get install nginx-light)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run installs it")
+        pytest.skip(message)
+    return found
+
+
+def write_config(work, port, app_port):
+    """The platform's config with our file; the app's port is what Beanstalk fills in from PORT."""
+    conf_dir = work / "conf.d" / "elasticbeanstalk"
+    conf_dir.mkdir(parents=True)
+    (conf_dir / "00_application.conf").write_text(APPLICATION_CONF.replace("8000", str(app_port)))
+    (conf_dir / "01_api.conf").write_text(OUR_CONF.read_text().replace("127.0.0.1:8000",
+                                                                        f"127.0.0.1:{app_port}"))
+    for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / name).mkdir()
+    config = work / "nginx.conf"
+    # Workers write large bodies to client_body_temp_path: run them as the owner of the temp
+    # directories (on Beanstalk, nginx owns /var/lib/nginx/tmp).
+    user = "user root;" if os.geteuid() == 0 else ""
+    config.write_text(NGINX_CONF.format(work=work, port=port, user=user))
+    return config
+
+
+def test_config_passes_nginx_t_in_beanstalks_server_block(tmp_path):
+    nginx = nginx_binary()
+    config = write_config(tmp_path, localdb.free_port(), 8000)
+    result = subprocess.run([nginx, "-t", "-c", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # The same check catches what Beanstalk's block would refuse: a repeated gzip directive.
+    (tmp_path / "conf.d/elasticbeanstalk/02_bad.conf").write_text("gzip on;\n")
+    result = subprocess.run([nginx, "-t", "-c", str(config)], capture_output=True, text=True)
+    assert result.returncode == 1 and '"gzip" directive is duplicate' in result.stderr
+
+
+@pytest.fixture
+def proxied(db_env, start_gunicorn, tmp_path):
+    nginx = nginx_binary()
+    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
+    app_port = int(server.url.rsplit(":", 1)[1])
+    port = localdb.free_port()
+    config = write_config(tmp_path, port, app_port)
+    proc = subprocess.Popen([nginx, "-c", str(config), "-g", "daemon off;"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                requests.get(base + "/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_api_json_is_gzipped_through_nginx(proxied):
+    session = requests.Session()
+    for i in range(30):
+        assert session.post(proxied + "/api/users", json={"email": f"g{i}@example.com",
+                                                          "name": f"Gzip {i}"}).status_code == 201
+    raw = session.get(proxied + "/api/users?limit=30", headers={"Accept-Encoding": "gzip"}, stream=True)
+    assert raw.status_code == 200
+    assert raw.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in raw.headers["Vary"]
+    body = gzip.decompress(raw.raw.read())
+    assert body.startswith(b'{"data":') and len(body) > 1024
+    plain = session.get(proxied + "/api/users?limit=30", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and len(plain.json()["data"]) == 30
+    assert session.get(proxied + "/health").status_code == 200  # Beanstalk's location / still serves
+
+
+def test_too_large_bodies_get_json_413_from_app_or_nginx(proxied):
+    headers = {"Content-Type": "application/json"}
+    from_app = requests.post(proxied + "/api/users", data=b'{"name": "' + b"x" * 20_000 + b'"}',
+                             headers=headers)
+    from_nginx = requests.post(proxied + "/api/users", data=b"x" * 100_000, headers=headers)
+    for response in (from_app, from_nginx):
+        assert response.status_code == 413
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["error"]["code"] == "payload_too_large"
+    assert "X-Request-Id" in from_app.headers and "X-Request-Id" not in from_nginx.headers
