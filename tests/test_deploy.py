@@ -227,6 +227,11 @@ BREAKAGES = {
                  b"Resource:\n              Fn::GetOptionSetting:\n                OptionName: DatabaseSecretArn",
                  b'Resource: "*"'),
         [".ebextensions/04-instance-role-policy.config", "DatabaseAccessPolicy"]),
+    "rule description EC2 refuses": (
+        _replace(".ebextensions/03-database-ingress.config", b"MySQL from the instances of this",
+                 b"MySQL from this environment's"),
+        [".ebextensions/03-database-ingress.config: DatabaseIngressFromInstances Description has "
+         "characters EC2 refuses", "no apostrophes"]),
     "wrong WSGI path": (
         _replace("Procfile", b"application:application", b"app:application"),
         ["Procfile: the WSGI path app:application does not load",

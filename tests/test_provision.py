@@ -8,6 +8,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -126,7 +127,10 @@ def test_iam_mode_applies_least_privilege_then_changes_nothing(aws, capsys, tmp_
     assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 3306, 3306)
     assert rule["IpRanges"] == [] and rule.get("Ipv6Ranges", []) == []  # no CIDR, never 0.0.0.0/0
     assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [app_group["GroupId"]]
-    assert rule["UserIdGroupPairs"][0]["Description"].startswith("MySQL from the app's Beanstalk instances")
+    description = rule["UserIdGroupPairs"][0]["Description"]
+    assert description == "MySQL from the Beanstalk instances of the app (appdb-app-instances)"
+    # moto accepts any text; EC2 refuses characters outside this set (an apostrophe, say).
+    assert re.fullmatch(r"[A-Za-z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}", description)
 
     iam = aws["iam"]
     role = "aws-elasticbeanstalk-ec2-role"
@@ -207,9 +211,20 @@ def test_errors_say_what_to_fix(aws, capsys):
     assert code == 2 and "no RDS instance 'nope' in eu-west-1" in err
 
 
+def test_instance_without_a_database_gets_create_database_in_the_sql(aws, capsys):
+    aws["rds"].create_db_instance(
+        DBInstanceIdentifier="nodb", DBInstanceClass="db.t4g.micro", Engine="mysql", MasterUsername="admin",
+        MasterUserPassword="master-password-1", AllocatedStorage=20, VpcSecurityGroupIds=[aws["db_group"]],
+        DBSubnetGroupName="appdb-subnets")
+    code = provision.main(["--db-instance", "nodb", "--region", REGION, "--auth", "iam", "--create-role"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "CREATE DATABASE IF NOT EXISTS `ebdb`;" in out
+    assert "CREATE DATABASE" not in run(capsys, "--auth", "iam")[1]  # appdb has its database
+
+
 def test_readme_provision_commands(aws, capsys, tmp_path):
     """The README's two lines, as written, against the moto account (options go to a temp file)."""
-    import re
     import shlex
 
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
