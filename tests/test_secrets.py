@@ -89,13 +89,18 @@ def rotate_to(aws, secret_arn, db_user, new_password, *, finish=True):
                          SecretString=secret_value(db_user, new_password), VersionStages=["AWSPENDING"])
     db_user["set_password"](new_password)
     if finish:
-        current = next(v for v, stages in aws.describe_secret(SecretId=secret_arn)["VersionIdsToStages"].items()
-                       if "AWSCURRENT" in stages)
-        aws.update_secret_version_stage(SecretId=secret_arn, VersionStage="AWSCURRENT",
-                                        MoveToVersionId=token, RemoveFromVersionId=current)
-        aws.update_secret_version_stage(SecretId=secret_arn, VersionStage="AWSPENDING",
-                                        RemoveFromVersionId=token)
+        finish_rotation(aws, secret_arn, token)
     return token
+
+
+def finish_rotation(aws, secret_arn, token):
+    """finishSecret: AWSCURRENT moves to the new version, AWSPENDING is removed from it."""
+    current = next(v for v, stages in aws.describe_secret(SecretId=secret_arn)["VersionIdsToStages"].items()
+                   if "AWSCURRENT" in stages)
+    aws.update_secret_version_stage(SecretId=secret_arn, VersionStage="AWSCURRENT",
+                                    MoveToVersionId=token, RemoveFromVersionId=current)
+    aws.update_secret_version_stage(SecretId=secret_arn, VersionStage="AWSPENDING",
+                                    RemoveFromVersionId=token)
 
 
 def test_secret_fills_what_the_environment_leaves_unset(secret, db_user):
@@ -160,12 +165,7 @@ def test_rotation_finishing_between_refresh_and_pending_lookup(aws, secret, db_u
 
     def finish_after_first_refresh(**_):
         if calls == ["AWSCURRENT"]:
-            current = next(v for v, s in aws.describe_secret(SecretId=secret)["VersionIdsToStages"].items()
-                           if "AWSCURRENT" in s)
-            aws.update_secret_version_stage(SecretId=secret, VersionStage="AWSCURRENT",
-                                            MoveToVersionId=token, RemoveFromVersionId=current)
-            aws.update_secret_version_stage(SecretId=secret, VersionStage="AWSPENDING",
-                                            RemoveFromVersionId=token)
+            finish_rotation(aws, secret, token)
 
     app.extensions["database"].opener.credentials._client.meta.events.register(
         "after-call.secrets-manager.GetSecretValue", finish_after_first_refresh)
@@ -206,12 +206,7 @@ def test_rotation_under_concurrent_load_fails_no_request(aws, secret, db_user, c
             passwords.append(new)
             token = rotate_to(aws, secret, db_user, new, finish=False)
             time.sleep(0.3)  # the window: the DB has the new password, AWSCURRENT the old one
-            current = next(v for v, s in aws.describe_secret(SecretId=secret)["VersionIdsToStages"].items()
-                           if "AWSCURRENT" in s)
-            aws.update_secret_version_stage(SecretId=secret, VersionStage="AWSCURRENT",
-                                            MoveToVersionId=token, RemoveFromVersionId=current)
-            aws.update_secret_version_stage(SecretId=secret, VersionStage="AWSPENDING",
-                                            RemoveFromVersionId=token)
+            finish_rotation(aws, secret, token)
         time.sleep(0.3)
     finally:
         stop.set()
