@@ -8,6 +8,7 @@ create databases). Each test gets its own database, migrated, and drops only tha
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +51,29 @@ class ExistingServer:
         return {"RDS_HOSTNAME": self.host, "RDS_PORT": str(self.port), "RDS_DB_NAME": database,
                 "RDS_USERNAME": self.user, "RDS_PASSWORD": self.password, "DB_SSL_MODE": "disabled"}
 
+
+
+def load_script(name: str):
+    """Import one of scripts/ (no .py suffix) as a module, to call its functions in-process."""
+    import importlib.machinery
+    import importlib.util
+
+    module_name = name.replace("-", "_")
+    loader = importlib.machinery.SourceFileLoader(module_name, str(ROOT / "scripts" / name))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(module_name, loader))
+    sys.modules[module_name] = module  # dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+def readme_blocks(language: str) -> list[str]:
+    """The README's fenced code blocks in `language`, in order."""
+    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+
+
+def readme_lines(containing: str) -> list[str]:
+    """Command lines of the README's sh blocks that contain `containing`."""
+    return [line.strip() for block in readme_blocks("sh") for line in block.splitlines()
+            if containing in line]
 
 @pytest.fixture(scope="session")
 def mysql_server():

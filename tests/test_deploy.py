@@ -5,7 +5,6 @@ the bundle broken the ways real deployments break.
 """
 
 import os
-import re
 import shlex
 import stat
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, readme_lines
 
 PYTHON = sys.executable
 
@@ -95,13 +94,6 @@ def test_gitattributes_forces_lf_on_deployment_files():
     assert out == [f"{p}: eol: lf" for p in paths]
 
 
-def readme_lines(prefix: str) -> list[str]:
-    """Command lines of the README's sh blocks that start with `prefix`."""
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
-    return [line.strip() for block in blocks for line in block.splitlines()
-            if line.strip().startswith(prefix)]
-
-
 def test_readme_rehearsal_command_passes_on_what_ships():
     [line] = readme_lines(".venv/bin/python scripts/rehearse-deploy")
     result = subprocess.run([PYTHON, *shlex.split(line)[1:]], cwd=ROOT, capture_output=True,
@@ -170,7 +162,7 @@ def eb_parse(eb_venv: Path, lines: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_readme_eb_commands_parse_with_the_eb_cli(eb_venv):
-    lines = readme_lines("eb ")
+    lines = [line for line in readme_lines("eb ") if line.startswith("eb ")]
     assert [shlex.split(line)[1] for line in lines] == ["init", "create", "setenv", "deploy", "health", "logs"]
     result = eb_parse(eb_venv, lines)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -250,3 +242,14 @@ def test_rehearsal_fails_on_seeded_breakage(bundle, tmp_path, breakage):
     for text in expected:
         assert text in output, (text, output[-3000:])
     assert "passed in" not in output
+
+
+def test_rehearsal_of_something_that_is_not_a_bundle_says_so(tmp_path):
+    not_a_zip = tmp_path / "app.zip"
+    not_a_zip.write_text("hello")
+    before = set(Path("/tmp").glob("rehearse-*"))
+    result = run("rehearse-deploy", "--bundle", str(not_a_zip))
+    assert result.returncode == 1
+    assert f"rehearse: FAILED: the bundle is not deployable:\n  {not_a_zip}: not a readable zip file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert set(Path("/tmp").glob("rehearse-*")) == before  # nothing left behind

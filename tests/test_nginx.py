@@ -103,6 +103,17 @@ def test_config_passes_nginx_t_in_beanstalks_server_block(tmp_path):
     assert result.returncode == 1 and '"gzip" directive is duplicate' in result.stderr
 
 
+def test_api_location_proxies_to_the_port_the_environment_sets():
+    """01_api.conf names gunicorn's port itself (Beanstalk only rewrites its own location /)."""
+    import re
+
+    import yaml
+
+    options = yaml.safe_load((ROOT / ".ebextensions/01-environment.config").read_text())["option_settings"]
+    port = options["aws:elasticbeanstalk:application:environment"]["PORT"]
+    assert re.findall(r"proxy_pass\s+http://127\.0\.0\.1:(\d+);", OUR_CONF.read_text()) == [port]
+
+
 @pytest.fixture
 def proxied(db_env, start_gunicorn, tmp_path):
     nginx = nginx_binary()

@@ -5,31 +5,20 @@ environment properties each test sets. The RDS CA bundle is served from file:// 
 """
 
 import http.server
-import importlib.machinery
-import importlib.util
 import os
 import subprocess
-import sys
 import threading
 
 import pytest
 
 import localdb
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 PREBUILD = ROOT / ".platform/hooks/prebuild/01_rds_ca_bundle.sh"
 POSTDEPLOY = ROOT / ".platform/hooks/postdeploy/01_smoke_check.sh"
 
 
-def _rehearsal():
-    loader = importlib.machinery.SourceFileLoader("rehearse_deploy", str(ROOT / "scripts" / "rehearse-deploy"))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    sys.modules[loader.name] = module
-    loader.exec_module(module)
-    return module
-
-
-rehearsal = _rehearsal()
+rehearsal = load_script("rehearse-deploy")
 
 
 @pytest.fixture

@@ -4,33 +4,23 @@ A VPC with an RDS instance is set up as an operator would have it; the script mu
 plan, apply, and on a second run find nothing to change. Its policies go through parliament.
 """
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
 import subprocess
-import sys
 
 import boto3
 import pytest
 import yaml
 from moto import mock_aws
 
-from conftest import ROOT
+from conftest import ROOT, load_script, readme_lines
 
 REGION = "eu-west-1"
 
 
-def load_script():
-    loader = importlib.machinery.SourceFileLoader("provision", str(ROOT / "scripts" / "provision"))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    sys.modules[loader.name] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
-
-
-provision = load_script()
+provision = load_script("provision")
+rehearsal = load_script("rehearse-deploy")
 
 
 @pytest.fixture
@@ -130,7 +120,7 @@ def test_iam_mode_applies_least_privilege_then_changes_nothing(aws, capsys, tmp_
     description = rule["UserIdGroupPairs"][0]["Description"]
     assert description == "MySQL from the Beanstalk instances of the app (appdb-app-instances)"
     # moto accepts any text; EC2 refuses characters outside this set (an apostrophe, say).
-    assert re.fullmatch(r"[A-Za-z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}", description)
+    assert rehearsal.RULE_DESCRIPTION.fullmatch(description)
 
     iam = aws["iam"]
     role = "aws-elasticbeanstalk-ec2-role"
@@ -220,15 +210,15 @@ def test_instance_without_a_database_gets_create_database_in_the_sql(aws, capsys
     out = capsys.readouterr().out
     assert code == 0
     assert "CREATE DATABASE IF NOT EXISTS `ebdb`;" in out
-    assert "CREATE DATABASE" not in run(capsys, "--auth", "iam")[1]  # appdb has its database
+    code, out, _ = run(capsys, "--auth", "iam")  # appdb has its database
+    assert code == 0 and "CREATE USER IF NOT EXISTS 'app'" in out and "CREATE DATABASE" not in out
 
 
 def test_readme_provision_commands(aws, capsys, tmp_path):
     """The README's two lines, as written, against the moto account (options go to a temp file)."""
     import shlex
 
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
-    lines = [l.strip() for b in blocks for l in b.splitlines() if "scripts/provision" in l]
+    lines = readme_lines("scripts/provision")
     assert len(lines) == 2 and lines[0].endswith("--dry-run")
     options = tmp_path / "02-database-options.config"
     outputs = []

@@ -9,13 +9,10 @@ import sys
 import pytest
 
 from app.config import EXPECTED
-from conftest import ROOT
+from conftest import ROOT, readme_blocks
 
 README = (ROOT / "README.md").read_text()
-
-
-def blocks(language):
-    return re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
+blocks = readme_blocks
 
 
 def test_first_two_commands_run_the_app_and_the_tests():
