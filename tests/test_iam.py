@@ -23,7 +23,6 @@ import localdb
 from app import create_app, migrate
 from app.config import ConfigError, load_settings
 from app.credentials import IamAuthToken, provider_for
-from app.db import DatabaseUnavailable
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
 
