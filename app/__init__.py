@@ -23,10 +23,6 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     configuration raises ConfigError now, before any request is served.
     """
     environ = os.environ if environ is None else environ
-    settings = load_settings(environ)
-    credentials = provider_for(settings)
-    settings = complete_settings(settings, credentials)
-
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -35,8 +31,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     )
     app.json.sort_keys = False
     app.url_map.strict_slashes = False
+    logs.init_app(app)  # first, so that what reading the settings logs is JSON too
 
-    logs.init_app(app)
+    settings = load_settings(environ)
+    credentials = provider_for(settings)
+    settings = complete_settings(settings, credentials)
+
     errors.init_app(app)
     db.init_app(app, db.Database(settings, credentials))
     logging.getLogger(__name__).info(

@@ -26,6 +26,7 @@ IAM_TOKEN_MAX_AGE = 10 * 60
 SECRET_TTL = 5 * 60
 
 _RDS_REGION = re.compile(r"\.([a-z]{2}(?:-gov)?-[a-z]+-\d)\.rds\.amazonaws\.com(?:\.cn)?$")
+_ARN_REGION = re.compile(r"^arn:aws(?:-cn|-us-gov)?:secretsmanager:([a-z]{2}(?:-gov)?-[a-z]+-\d):")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,10 @@ class StaticPassword:
 class SecretsManagerPassword:
     """The password (and, where the environment is silent, user and endpoint) from a secret.
 
-    The secret is the JSON that RDS and Secrets Manager rotation use. It is cached for
+    The secret is the JSON that RDS and Secrets Manager rotation use; an RDS-managed master
+    secret holds only `username` and `password`. User and password are a pair: the secret's
+    username wins over RDS_USERNAME (an alternating-users rotation changes both), which is
+    used only when the secret has none. It is cached for
     SECRET_TTL; when the server refuses the cached password the secret is fetched again,
     and during a rotation window the AWSPENDING version (which the database may already
     have) is tried before giving up. aws-secretsmanager-caching offers no public forced
@@ -105,7 +109,7 @@ class SecretsManagerPassword:
         return value
 
     def _credentials(self, secret: dict[str, Any]) -> Credentials:
-        user = self._user or secret.get("username")
+        user = secret.get("username") or self._user
         if not user:
             raise ConfigError("RDS_USERNAME is not set and the secret has no username field")
         return Credentials(user, secret["password"])
@@ -171,12 +175,24 @@ class IamAuthToken:
 
 
 def region_for(settings: Settings, environ_region: str | None) -> str:
-    """AWS_REGION, else the region in an RDS (or RDS Proxy) endpoint name."""
+    """AWS_REGION, else the region in the secret's ARN, else in an RDS (or Proxy) endpoint name.
+
+    botocore does not ask the instance metadata for a region (NoRegionError), so one of
+    these must name it; Beanstalk sets AWS_REGION from 01-environment.config.
+    """
     if environ_region:
         return environ_region
+    if settings.auth is AuthMode.SECRETS_MANAGER:
+        match = _ARN_REGION.search(settings.secret_id or "")
+        if match:
+            return match[1]
     match = _RDS_REGION.search(settings.host or "")
     if match:
         return match[1]
+    if settings.auth is AuthMode.SECRETS_MANAGER:
+        raise ConfigError(f"AWS_REGION: is required (got not set) when DB_AUTH=secretsmanager and "
+                          f"DB_SECRET_ID ({settings.secret_id}) is a name, not an ARN; set AWS_REGION "
+                          "to the secret's region, or DB_SECRET_ID to the secret's ARN.")
     raise ConfigError("AWS_REGION: is required (got not set) when DB_AUTH=iam and RDS_HOSTNAME "
                       "is not an *.<region>.rds.amazonaws.com endpoint; set it to the DB's region.")
 
@@ -192,15 +208,18 @@ def provider_for(settings: Settings) -> CredentialProvider:
     if settings.auth is AuthMode.PASSWORD:
         assert settings.password is not None  # enforced by Settings
         return StaticPassword(settings.user, settings.password.get_secret_value())
-    if settings.auth is AuthMode.SECRETS_MANAGER:
-        return SecretsManagerPassword(settings.secret_id, _client("secretsmanager", settings.aws_region),
-                                      user=settings.user)
     region = region_for(settings, settings.aws_region)
+    if settings.auth is AuthMode.SECRETS_MANAGER:
+        return SecretsManagerPassword(settings.secret_id, _client("secretsmanager", region),
+                                      user=settings.user)
     return IamAuthToken(_client("rds", region), settings.host, settings.port, settings.user, region)
 
 
 def complete_settings(settings: Settings, provider: CredentialProvider) -> Settings:
-    """Fill host, port, database and user left unset by the environment from the secret."""
+    """Fill host, port and database left unset by the environment from the secret.
+
+    The user comes from the secret whenever it has one: it belongs with the password.
+    """
     if not isinstance(provider, SecretsManagerPassword):
         return settings
     secret = provider.secret()
@@ -209,8 +228,12 @@ def complete_settings(settings: Settings, provider: CredentialProvider) -> Setti
         "port": (settings.port if "port" in settings.model_fields_set
                  else int(secret.get("port") or settings.port)),
         "database": settings.database or secret.get("dbname"),
-        "user": settings.user or secret.get("username"),
+        "user": secret.get("username") or settings.user,
     }
+    if settings.user and secret.get("username") and settings.user != secret["username"]:
+        log.warning("RDS_USERNAME is ignored: the secret's username comes with its password",
+                    extra={"event": "config_override", "variable": "RDS_USERNAME",
+                           "secret_id": provider.secret_id, "user": secret["username"]})
     missing = [var for var, key in (("RDS_HOSTNAME", "host"), ("RDS_DB_NAME", "database"),
                                     ("RDS_USERNAME", "user")) if not filled[key]]
     if missing:

@@ -230,3 +230,67 @@ def test_missing_secret_id_and_bad_secret_are_config_errors(aws):
     with pytest.raises(ConfigError) as err:
         create_app(app_env(arn))
     assert "not a JSON object" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_the_secrets_username_wins_over_rds_username(aws, secret, db_user, capsys):
+    """User and password are a pair: a stale RDS_USERNAME must not be sent with the secret's password."""
+    app = create_app(app_env(secret, RDS_USERNAME="someone_else"))
+    assert app.extensions["database"].settings.user == db_user["user"]
+    assert app.test_client().get("/api/users").status_code == 200
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(r.get("event") == "config_override" and r.get("variable") == "RDS_USERNAME"
+               and r.get("user") == db_user["user"] for r in logged)
+
+
+def test_rds_managed_master_secret_holds_only_username_and_password(aws, db_user):
+    """ManageMasterUserPassword secrets have no host, port or dbname: the environment gives them."""
+    arn = aws.create_secret(Name=f"rds!db-{uuid.uuid4()}", SecretString=json.dumps(
+        {"username": db_user["user"], "password": db_user["password"]}))["ARN"]
+    env = db_user["env"]
+    where = {k: env[k] for k in ("RDS_HOSTNAME", "RDS_PORT", "RDS_DB_NAME")}
+    app = create_app(app_env(arn, **where, RDS_USERNAME="ignored"))
+    assert app.test_client().post("/api/users", json={"email": "m@example.com", "name": "M"}).status_code == 201
+    with pytest.raises(ConfigError, match="RDS_HOSTNAME, RDS_DB_NAME: not set in the environment nor in the secret"):
+        create_app(app_env(arn))
+
+
+def test_alternating_users_rotation_switches_user_and_password_together(aws, secret, db_user, mysql_server):
+    """RDS's alternating-users rotation moves AWSCURRENT to a clone user with its own password.
+
+    RDS_USERNAME names the first user, as an operator would have set it: it must not pin it.
+    """
+    app = create_app(app_env(secret, RDS_USERNAME=db_user["user"]))
+    client = app.test_client()
+    assert client.get("/api/users").status_code == 200
+    clone, password = f"{db_user['user']}_clone", CANARY.format("clone")
+    mysql_server.sql([f"CREATE USER '{clone}'@'127.0.0.1' IDENTIFIED BY '{password}'",
+                      f"GRANT ALL PRIVILEGES ON `{db_user['env']['RDS_DB_NAME']}`.* TO '{clone}'@'127.0.0.1'"])
+    try:
+        token = str(uuid.uuid4())
+        aws.put_secret_value(SecretId=secret, ClientRequestToken=token, VersionStages=["AWSPENDING"],
+                             SecretString=secret_value({**db_user, "user": clone}, password))
+        finish_rotation(aws, secret, token)
+        db_user["set_password"](CANARY.format("old-user-retired"))  # the old pair stops working
+        force_new_connections(app)
+        assert client.get("/api/users").status_code == 200
+        lease = app.extensions["database"].borrow()
+        try:
+            assert lease.query("SELECT CURRENT_USER() AS u")[0]["u"] == f"{clone}@127.0.0.1"
+        finally:
+            lease.release()
+    finally:
+        app.extensions["database"].dispose()
+        mysql_server.sql([f"DROP USER IF EXISTS '{clone}'@'127.0.0.1'"])
+
+
+def test_region_comes_from_the_secret_arn_when_aws_region_is_unset(aws, secret, monkeypatch):
+    """botocore raises NoRegionError without a region; a secret ARN carries one."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    env = {k: v for k, v in app_env(secret).items() if k != "AWS_REGION"}
+    app = create_app(env)
+    assert app.extensions["database"].opener.credentials._client.meta.region_name == "eu-west-1"
+    assert app.test_client().get("/api/users").status_code == 200
+    name = aws.describe_secret(SecretId=secret)["Name"]
+    with pytest.raises(ConfigError, match=r"AWS_REGION: is required \(got not set\) when DB_AUTH=secretsmanager"):
+        create_app({**env, "DB_SECRET_ID": name})
