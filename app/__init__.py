@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from app import cli, db, errors, health, logs, openapi, users
+from app import cli, db, errors, health, logs, migrate, openapi, users
 from app.config import describe, load_settings
 from app.credentials import complete_settings, provider_for
 
@@ -28,6 +28,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         LOG_LEVEL=environ.get("LOG_LEVEL", "INFO"),
         JSON_SORT_KEYS=False,
+        SCHEMA_VERSION=migrate.latest_version(),  # what /health/ready expects applied
     )
     app.json.sort_keys = False
     app.url_map.strict_slashes = False

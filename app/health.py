@@ -2,7 +2,8 @@
 
 `/health` is what the load balancer checks: it never touches the database, so a database
 blip does not make Beanstalk replace healthy instances. `/health/ready` is for operators
-and deploy checks: it proves this worker can use a pooled connection.
+and the postdeploy smoke check: it proves this worker can use a pooled connection and that
+the schema has every migration this code ships.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 
 from flask import Blueprint, current_app, jsonify
 
+from app import migrate
 from app.db import DatabaseUnavailable, PoolTimeout
 
 bp = Blueprint("health", __name__, url_prefix="/health")
@@ -24,7 +26,7 @@ def health():
 @bp.get("/ready")
 def ready():
     pool = current_app.extensions["database"].pool
-    status, code, headers = "ready", 200, {}
+    status, code, headers, extra = "ready", 200, {}, {}
     if pool.stats()["idle"] == 0 and pool.stats()["open"] >= pool.size:
         database = "busy"  # every connection is serving a request: the database answers
     else:
@@ -37,12 +39,18 @@ def ready():
             headers = {"Retry-After": "5"}
         else:
             try:
-                lease.query("SELECT 1")
+                applied = migrate.applied_version(lease)
                 database = "ok"
             except DatabaseUnavailable:
                 status, code, database = "unavailable", 503, "unreachable"
                 headers = {"Retry-After": "5"}
             finally:
                 lease.release()
-    body = jsonify(status=status, database=database, pid=os.getpid(), pool=pool.stats())
+            expected = current_app.config["SCHEMA_VERSION"]
+            if database == "ok" and applied < expected:
+                # A newer schema is fine (old code serves during a rolling deploy); an older
+                # one means the leader-only migration did not run or failed.
+                status, code, database = "schema_behind", 503, "schema_behind"
+                extra["schema"] = {"applied": applied, "expected": expected}
+    body = jsonify(status=status, database=database, pid=os.getpid(), pool=pool.stats(), **extra)
     return body, code, headers

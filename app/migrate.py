@@ -99,6 +99,29 @@ def apply(conn, migrations: list[Migration] | None = None,
         cur.close()
 
 
+def latest_version(migrations: list[Migration] | None = None) -> int:
+    """The newest migration this code ships: the schema it needs."""
+    migrations = discover() if migrations is None else migrations
+    return max((m.version for m in migrations), default=0)
+
+
+def applied_version(lease) -> int:
+    """The newest migration applied to the lease's database; 0 when none ever ran.
+
+    /health/ready compares it with latest_version(): code running on a schema that is
+    behind (a failed or skipped leader-only migration) must not pass a deploy check.
+    """
+    import mysql.connector
+
+    try:
+        rows = lease.query("SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations")
+    except mysql.connector.errors.ProgrammingError as err:
+        if err.errno == 1146:  # ER_NO_SUCH_TABLE: nothing was ever migrated here
+            return 0
+        raise
+    return int(rows[0]["version"])
+
+
 def main(environ=os.environ) -> int:
     from app.config import ConfigError, load_settings
     from app.credentials import complete_settings, provider_for

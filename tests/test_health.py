@@ -3,6 +3,8 @@
 import json
 
 import localdb
+from app import migrate
+from conftest import connect
 from app import create_app
 
 
@@ -78,3 +80,25 @@ def test_unexpected_errors_are_500_json_without_details(app):
     assert response.status_code == 500
     assert response.get_json() == {"error": {"code": "internal_error",
                                              "message": "An unexpected error occurred."}}
+
+
+def test_ready_fails_while_the_schema_is_behind_the_code(make_database):
+    """The postdeploy smoke check asks /health/ready: an unmigrated database must fail the deploy."""
+    env = make_database(migrated=False)
+    client = create_app(env).test_client()
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert (body["status"], body["database"]) == ("schema_behind", "schema_behind")
+    assert body["schema"] == {"applied": 0, "expected": migrate.latest_version()}
+    assert migrate.latest_version() >= 1
+
+    conn = connect(env)
+    try:
+        migrate.apply(conn, migrate.discover()[:-1])  # all but the newest: still behind
+        behind = client.get("/health/ready")
+        migrate.apply(conn)
+    finally:
+        conn.close()
+    assert behind.status_code == 503 and behind.get_json()["schema"]["expected"] > behind.get_json()["schema"]["applied"]
+    assert client.get("/health/ready").status_code == 200
