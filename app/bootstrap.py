@@ -1,0 +1,143 @@
+"""The app's database user, created on the first deploy by the leader: `python -m app.bootstrap`.
+
+A database in a private subnet cannot be reached from the operator's machine, so the first
+deploy's leader-only container commands create the user before the migration needs it. The
+master user's password is read from the RDS-managed master secret named by
+DB_BOOTSTRAP_SECRET_ID, through a grant that scripts/provision makes expire (hours, not
+forever). The app's own credentials are tried first: once they work, the master secret is
+never read again, so later deploys do not need that grant.
+
+The user is created as scripts/provision's printed SQL would create it: the password from
+RDS_PASSWORD or the app's secret, or AWSAuthenticationPlugin for IAM; TLS required; the
+privileges the app and its migrations need on its own database only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+import mysql.connector
+from mysql.connector import errorcode
+
+from app.config import AuthMode, ConfigError, Settings, SslMode, load_settings
+from app.credentials import CredentialProvider, complete_settings, provider_for
+from app.db.connection import ConnectionOpener
+
+# Enough to serve the API and run its migrations, on the app's database only.
+APP_GRANTS = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES"
+_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+# The app's credentials are refused, or its database does not exist yet: the master can fix that.
+_FIXABLE = {errorcode.ER_ACCESS_DENIED_ERROR, errorcode.ER_DBACCESS_DENIED_ERROR, errorcode.ER_BAD_DB_ERROR}
+
+
+class BootstrapError(Exception):
+    """The user could not be made to work; the message says what to fix (never a secret)."""
+
+
+def user_sql(database: str, user: str, *, iam: bool, password: str | None,
+             require_ssl: bool = True) -> list[tuple[str, tuple]]:
+    """CREATE DATABASE, CREATE USER and GRANT for the app user, as (statement, parameters).
+
+    Idempotent (IF NOT EXISTS; GRANT adds only what is missing). The password travels as a
+    parameter, never inside the statement text that a log or an error could show.
+    scripts/provision prints the same statements for those who run them by hand.
+    """
+    if not _NAME.match(database or ""):
+        raise ConfigError(f"RDS_DB_NAME: {database!r} cannot be created by the bootstrap; expected "
+                          "letters, digits, _, $ or - (at most 64)")
+    if iam:
+        identified, params = "IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS'", (user,)
+    else:
+        identified, params = "IDENTIFIED BY %s", (user, password)
+    tls = " REQUIRE SSL" if require_ssl else ""
+    return [
+        (f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci", ()),
+        (f"CREATE USER IF NOT EXISTS %s@'%' {identified}{tls}", params),
+        (f"GRANT {APP_GRANTS} ON `{database}`.* TO %s@'%'", (user,)),
+    ]
+
+
+def _app_can_connect(settings: Settings, credentials: CredentialProvider) -> mysql.connector.Error | None:
+    """None when the app's own credentials open a session on its database, else the refusal."""
+    try:
+        ConnectionOpener(settings, credentials)().close()
+    except mysql.connector.Error as err:
+        if err.errno in _FIXABLE:
+            return err
+        raise BootstrapError(f"cannot reach the database at {settings.host}:{settings.port} "
+                             f"(MySQL error {err.errno}): check that the database's security group "
+                             "admits the instances and that DB_SSL_MODE/DB_SSL_CA fit it") from None
+    return None
+
+
+def _create_user(settings: Settings, credentials: CredentialProvider) -> None:
+    # The master secret is read like an app secret (its username comes with its password);
+    # the session has no default database, which may not exist yet.
+    master = provider_for(settings.model_copy(update={
+        "auth": AuthMode.SECRETS_MANAGER, "secret_id": settings.bootstrap_secret_id, "user": None}))
+    master_settings = settings.model_copy(update={"auth": AuthMode.PASSWORD, "database": None})
+    password = None
+    if settings.auth is not AuthMode.IAM:
+        password = next(iter(credentials.candidates())).password
+    try:
+        conn = ConnectionOpener(master_settings, master)()
+    except mysql.connector.Error as err:
+        raise BootstrapError(f"the master secret {settings.bootstrap_secret_id} was refused by the "
+                             f"database (MySQL error {err.errno}); check that it is the master user "
+                             "secret RDS manages for this database") from None
+    try:
+        cursor = conn.cursor()
+        for statement, params in user_sql(settings.database, settings.user,
+                                          iam=settings.auth is AuthMode.IAM, password=password,
+                                          require_ssl=settings.ssl_mode is not SslMode.DISABLED):
+            cursor.execute(statement, params)
+        cursor.close()
+    except mysql.connector.Error as err:
+        raise BootstrapError(f"the master user could not create {settings.user!r} (MySQL error "
+                             f"{err.errno}: {err.msg})") from None
+    finally:
+        conn.close()
+
+
+def bootstrap(settings: Settings, credentials: CredentialProvider) -> dict:
+    """Make the app's credentials work; returns what was done, for the deployment log."""
+    refused = _app_can_connect(settings, credentials)
+    result = {"event": "bootstrap", "user": settings.user, "database": settings.database}
+    if refused is None:
+        return {**result, "created": False, "reason": "the app's credentials already work"}
+    if not settings.bootstrap_secret_id:
+        raise BootstrapError(
+            f"the database refused user {settings.user!r} (MySQL error {refused.errno}) and "
+            "DB_BOOTSTRAP_SECRET_ID is not set: run scripts/provision with --bootstrap-user (the "
+            "leader then creates the user with the RDS-managed master secret), or create the user "
+            "with the SQL scripts/provision prints")
+    _create_user(settings, credentials)
+    refused = _app_can_connect(settings, credentials)
+    if refused is not None:
+        hint = ("the instance role needs rds-db:connect on the DbiResourceId (or cluster/proxy "
+                "resource id) and this user" if settings.auth is AuthMode.IAM else
+                "the user existed already with another password; make the database and "
+                "RDS_PASSWORD or the app's secret agree (ALTER USER as the master user)")
+        raise BootstrapError(f"user {settings.user!r} still cannot connect (MySQL error "
+                             f"{refused.errno}): {hint}")
+    return {**result, "created": True}
+
+
+def main(environ=os.environ) -> int:
+    try:
+        settings = load_settings(environ)
+        credentials = provider_for(settings)
+        settings = complete_settings(settings, credentials)
+        done = bootstrap(settings, credentials)
+    except (ConfigError, BootstrapError) as err:
+        print(f"bootstrap: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
