@@ -44,6 +44,13 @@ class SslMode(str, enum.Enum):
     VERIFY_IDENTITY = "verify-identity"
 
 
+class SslTrust(str, enum.Enum):
+    """Which CAs the prebuild hook installs at DB_SSL_CA (the app only reads that file)."""
+
+    RDS = "rds"  # the RDS CA global bundle: RDS and Aurora endpoints
+    RDS_PROXY = "rds-proxy"  # and Amazon Root CA 1-4: RDS Proxy endpoints present ACM certificates
+
+
 # Where the deployment puts the RDS CA "global bundle" (see .platform/hooks/prebuild).
 DEFAULT_SSL_CA = "/etc/pki/tls/certs/rds-global-bundle.pem"
 _VERIFYING = ("verify-ca", "verify-identity")
@@ -63,6 +70,10 @@ EXPECTED = {
     "AWS_REGION": "an AWS region such as eu-west-1 (for IAM tokens, default: from the RDS host name)",
     "DB_SSL_MODE": "one of: " + ", ".join(m.value for m in SslMode),
     "DB_SSL_CA": f"a path to a PEM bundle of CA certificates (default {DEFAULT_SSL_CA})",
+    "DB_SSL_TRUST": "one of: " + ", ".join(t.value for t in SslTrust)
+                    + " (rds-proxy adds Amazon's root CAs for RDS Proxy endpoints)",
+    "DB_BOOTSTRAP_SECRET_ID": "the ARN of the RDS-managed master user secret, used once by the "
+                              "leader-only bootstrap to create the app's database user",
     "DB_POOL_SIZE": "an integer from 1 to 200: connections per worker process",
     "DB_POOL_TIMEOUT": "seconds (> 0) a request waits for a free connection before a 503",
     "DB_POOL_MAX_LIFETIME": "seconds (> 0) after which a connection is closed and replaced",
@@ -90,6 +101,8 @@ class Settings(BaseModel):
                                    pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
     ssl_mode: SslMode = Field(SslMode.REQUIRED, validation_alias="DB_SSL_MODE")
     ssl_ca: str = Field(DEFAULT_SSL_CA, validation_alias="DB_SSL_CA", min_length=1)
+    ssl_trust: SslTrust = Field(SslTrust.RDS, validation_alias="DB_SSL_TRUST")
+    bootstrap_secret_id: str | None = Field(None, validation_alias="DB_BOOTSTRAP_SECRET_ID", min_length=1)
     pool_size: int = Field(8, validation_alias="DB_POOL_SIZE", ge=1, le=200)
     pool_timeout: Seconds = Field(2.0, validation_alias="DB_POOL_TIMEOUT")
     pool_max_lifetime: Seconds = Field(1800.0, validation_alias="DB_POOL_MAX_LIFETIME")
@@ -160,7 +173,8 @@ def describe(settings: Settings) -> dict[str, object]:
     return {"auth": settings.auth.value, "host": settings.host, "port": settings.port,
             "database": settings.database, "user": settings.user,
             "secret_id": settings.secret_id, "ssl_mode": settings.ssl_mode.value,
-            "ssl_ca": settings.ssl_ca if settings.ssl_mode is not SslMode.DISABLED else None}
+            "ssl_ca": settings.ssl_ca if settings.ssl_mode is not SslMode.DISABLED else None,
+            "ssl_trust": settings.ssl_trust.value}
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
