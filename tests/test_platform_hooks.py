@@ -1,13 +1,17 @@
 """The .platform hooks, run as Beanstalk runs them: executables reading get-config, no shell env.
 
 A stand-in for /opt/elasticbeanstalk/bin/get-config (the rehearsal's) answers with the
-environment properties each test sets. The RDS CA bundle is served from file:// URLs.
+environment properties each test sets. The RDS CA bundle is served from file:// URLs; the
+system trust store is a fake one named by SYSTEM_CA_BUNDLE.
 """
 
+import hashlib
 import http.server
 import os
+import re
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +20,24 @@ from conftest import ROOT, load_script
 
 PREBUILD = ROOT / ".platform/hooks/prebuild/01_rds_ca_bundle.sh"
 POSTDEPLOY = ROOT / ".platform/hooks/postdeploy/01_smoke_check.sh"
+HEADER = "# Installed by .platform/hooks/prebuild/01_rds_ca_bundle.sh"
+PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", re.DOTALL)
 
 
 rehearsal = load_script("rehearse-deploy")
+
+
+def pem_blocks(path: Path) -> list[str]:
+    return PEM_BLOCK.findall(path.read_text())
+
+
+def self_signed(directory: Path, name: str, subject: str, basic_constraints: str) -> Path:
+    """A self-signed certificate with the given basicConstraints (make_ca's are always CA:TRUE)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", subject, "-addext", f"basicConstraints=critical,{basic_constraints}",
+                    "-keyout", f"{name}.key", "-out", f"{name}.pem"],
+                   cwd=directory, check=True, capture_output=True)
+    return directory / f"{name}.pem"
 
 
 @pytest.fixture
@@ -42,7 +61,26 @@ def pki(tmp_path):
     bundle.write_text(first.read_text() + second.read_text())
     mixed = directory / "mixed-bundle.pem"
     mixed.write_text(first.read_text() + other.read_text())
-    return {"bundle": bundle, "mixed": mixed, "dir": directory}
+    return {"bundle": bundle, "mixed": mixed, "dir": directory, "rds": [first, second], "other": other}
+
+
+@pytest.fixture
+def system_store(pki):
+    """A fake system trust store: Amazon Root CA 1 and 3, look-alikes that must be left out."""
+    directory = pki["dir"]
+    keep = [localdb.make_ca(directory, "amazon1", subject="/CN=Amazon Root CA 1/O=Amazon/C=US"),
+            localdb.make_ca(directory, "amazon3", subject="/C=US/O=Amazon/CN=Amazon Root CA 3")]
+    leave = [
+        localdb.make_ca(directory, "amazon5", subject="/CN=Amazon Root CA 5/O=Amazon/C=US"),
+        localdb.make_ca(directory, "amazon2ou", subject="/CN=Amazon Root CA 2/OU=Extra/O=Amazon/C=US"),
+        localdb.make_ca(directory, "amazon2o", subject="/CN=Amazon Root CA 2/O=Amazon Inc/C=US"),
+        localdb.make_ca(directory, "amazon2cn", subject="/CN=Amazon Root CA 2 Fake/O=Amazon/C=US"),
+        self_signed(directory, "amazon4leaf", "/CN=Amazon Root CA 4/O=Amazon/C=US", "CA:FALSE"),
+        pki["other"],
+    ]
+    bundle = directory / "system-ca-bundle.crt"
+    bundle.write_text("".join(p.read_text() for p in [leave[0], keep[0], *leave[1:], keep[1]]))
+    return {"bundle": bundle, "keep": keep, "leave": leave}
 
 
 def test_prebuild_installs_a_verified_bundle_where_db_ssl_ca_points(run_hook, pki, tmp_path):
@@ -51,8 +89,11 @@ def test_prebuild_installs_a_verified_bundle_where_db_ssl_ca_points(run_hook, pk
                       RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}")
     assert result.returncode == 0, result.stderr
     assert f"installed 2 RDS CA certificates at {target}" in result.stderr
-    assert target.read_text() == pki["bundle"].read_text()
+    header, _, rest = target.read_text().partition("\n")
+    assert header.startswith(HEADER) and "DB_SSL_TRUST=rds " in header
+    assert rest == pki["bundle"].read_text()
     assert oct(target.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in target.parent.iterdir()] == ["rds.pem"]  # no staging file left
 
 
 def test_prebuild_rejects_a_bundle_with_a_foreign_certificate(run_hook, pki, tmp_path):
@@ -87,6 +128,170 @@ def test_prebuild_reads_properties_through_get_config_not_its_environment(run_ho
                       RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}", DB_SSL_CA=str(decoy))
     assert result.returncode == 0, result.stderr
     assert target.exists() and not decoy.exists()
+
+
+@pytest.mark.parametrize("trust", ["rds-proxy", None])
+def test_prebuild_rds_proxy_adds_exactly_amazon_root_cas_from_the_system_store(run_hook, pki, system_store,
+                                                                              tmp_path, trust):
+    """RDS Proxy endpoints present ACM certificates, which chain to Amazon Root CA 1-4, not to
+    the RDS CAs (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy.howitworks.html,
+    "Using TLS/SSL with RDS Proxy").
+    Only certificates named exactly CN=Amazon Root CA 1..4, O=Amazon, C=US and marked CA:TRUE are
+    taken; DB_SSL_TRUST unset (rds) takes none."""
+    target = tmp_path / "rds.pem"
+    properties = {"DB_SSL_CA": str(target), "DB_SSL_MODE": "verify-identity"}
+    if trust:
+        properties["DB_SSL_TRUST"] = trust
+    result = run_hook(PREBUILD, properties, RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}",
+                      SYSTEM_CA_BUNDLE=str(system_store["bundle"]))
+    assert result.returncode == 0, result.stderr
+    expected = [pem_blocks(p)[0] for p in pki["rds"]]
+    if trust:
+        expected += [pem_blocks(p)[0] for p in system_store["keep"]]
+        assert (f"installed 2 RDS CA certificates and 2 Amazon root CA certificates at {target}"
+                in result.stderr)
+        assert f"# Amazon Root CA 1, from {system_store['bundle']}" in target.read_text()
+    else:
+        assert f"installed 2 RDS CA certificates at {target}" in result.stderr
+    assert pem_blocks(target) == expected
+    assert target.read_text().startswith(f"{HEADER} (DB_SSL_TRUST={trust or 'rds'} ")
+
+
+@pytest.mark.parametrize("mode, code", [("verify-identity", 1), ("verify-ca", 1), ("required", 0)])
+def test_prebuild_rds_proxy_without_amazon_roots_fails_only_when_verification_needs_them(
+        run_hook, pki, tmp_path, mode, code):
+    target = tmp_path / "rds.pem"
+    system = tmp_path / "system.crt"
+    system.write_text(pki["other"].read_text())
+    result = run_hook(PREBUILD, {"DB_SSL_CA": str(target), "DB_SSL_MODE": mode, "DB_SSL_TRUST": "rds-proxy"},
+                      RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}", SYSTEM_CA_BUNDLE=str(system))
+    assert result.returncode == code, result.stderr
+    if code:
+        assert "DB_SSL_TRUST=rds-proxy needs Amazon Root CA 1-4" in result.stderr
+        assert str(system) in result.stderr and "ca-certificates" in result.stderr
+        assert "DB_SSL_TRUST=rds" in result.stderr  # the other way out
+        assert not target.exists()
+    else:
+        assert "WARNING: no Amazon Root CA 1-4" in result.stderr
+        assert pem_blocks(target) == [pem_blocks(p)[0] for p in pki["rds"]]
+
+
+def test_prebuild_rds_proxy_finds_amazons_roots_in_this_machines_trust_store(run_hook, pki, tmp_path):
+    """Without SYSTEM_CA_BUNDLE the hook reads the OS bundle (AL2023's path, else Debian's)."""
+    system = next((p for p in (Path("/etc/pki/tls/certs/ca-bundle.crt"),
+                               Path("/etc/ssl/certs/ca-certificates.crt")) if p.exists()), None)
+    if system is None:
+        message = "no system CA bundle on this machine (apt-get install ca-certificates)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    target = tmp_path / "rds.pem"
+    result = run_hook(PREBUILD, {"DB_SSL_CA": str(target), "DB_SSL_MODE": "verify-identity",
+                                 "DB_SSL_TRUST": "rds-proxy"}, RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}")
+    assert result.returncode == 0, result.stderr
+    assert "and 4 Amazon root CA certificates" in result.stderr
+    subjects = [subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253"],
+                               input=block, capture_output=True, text=True, check=True).stdout.strip()
+                for block in pem_blocks(target)[2:]]
+    assert subjects == [f"subject=CN=Amazon Root CA {n},O=Amazon,C=US" for n in range(1, 5)]
+
+
+def test_prebuild_rejects_an_unknown_db_ssl_trust(run_hook, pki, tmp_path):
+    target = tmp_path / "rds.pem"
+    result = run_hook(PREBUILD, {"DB_SSL_CA": str(target), "DB_SSL_TRUST": "proxy"},
+                      RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}")
+    assert result.returncode == 1
+    assert "DB_SSL_TRUST=proxy is not one of: rds, rds-proxy" in result.stderr
+    assert not target.exists()
+
+
+def test_prebuild_replaces_its_own_file_and_an_earlier_headerless_install(run_hook, pki, system_store,
+                                                                          tmp_path):
+    """Its header marks the file as the hook's; the hook's earlier version wrote RDS CAs only."""
+    target = tmp_path / "rds.pem"
+    target.write_text(pki["bundle"].read_text())  # the earlier version's install: no header
+    properties = {"DB_SSL_CA": str(target), "DB_SSL_MODE": "verify-identity", "DB_SSL_TRUST": "rds-proxy"}
+    env = {"RDS_CA_BUNDLE_URL": f"file://{pki['bundle']}", "SYSTEM_CA_BUNDLE": str(system_store["bundle"])}
+    result = run_hook(PREBUILD, properties, **env)
+    assert result.returncode == 0, result.stderr
+    assert target.read_text().startswith(HEADER) and len(pem_blocks(target)) == 4
+    # Now it holds Amazon roots too (not only RDS CAs): the header is what lets the next deploy in.
+    result = run_hook(PREBUILD, {**properties, "DB_SSL_TRUST": "rds"}, **env)
+    assert result.returncode == 0, result.stderr
+    assert pem_blocks(target) == [pem_blocks(p)[0] for p in pki["rds"]]
+
+
+def test_prebuild_keeps_its_file_when_the_download_fails_and_says_when_trust_changed(run_hook, pki,
+                                                                                   system_store, tmp_path):
+    target = tmp_path / "rds.pem"
+    properties = {"DB_SSL_CA": str(target), "DB_SSL_MODE": "verify-identity"}
+    assert run_hook(PREBUILD, properties, RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}").returncode == 0
+    installed = target.read_text()
+    result = run_hook(PREBUILD, {**properties, "DB_SSL_TRUST": "rds-proxy"},
+                      RDS_CA_BUNDLE_URL=f"file://{tmp_path}/missing.pem",
+                      SYSTEM_CA_BUNDLE=str(system_store["bundle"]))
+    assert result.returncode == 0, result.stderr
+    assert f"keeping the installed {target}" in result.stderr
+    assert "it was not installed for DB_SSL_TRUST=rds-proxy" in result.stderr
+    assert target.read_text() == installed
+
+
+@pytest.mark.parametrize("contents", ["foreign CA", "RDS and foreign CAs", "not PEM", "empty"])
+def test_prebuild_refuses_to_replace_a_file_it_did_not_install(run_hook, pki, tmp_path, contents):
+    target = tmp_path / "company-ca.pem"
+    target.write_text({"foreign CA": pki["other"].read_text(),
+                       "RDS and foreign CAs": pki["mixed"].read_text(),
+                       "not PEM": "ssl-ca: settings of another program\n",
+                       "empty": ""}[contents])
+    before = target.read_bytes()
+    result = run_hook(PREBUILD, {"DB_SSL_CA": str(target), "DB_SSL_MODE": "verify-identity"},
+                      RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}")
+    assert result.returncode == 1
+    assert f"DB_SSL_CA={target}" in result.stderr and "was not installed by this hook" in result.stderr
+    assert "eb setenv DB_SSL_CA=" in result.stderr  # the fix
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_prebuild_never_replaces_the_system_trust_store_even_through_a_symlink(run_hook, pki, system_store,
+                                                                               tmp_path):
+    """A deploy must never swap the machine's trust store for RDS CAs: every HTTPS client on the
+    instance (the Beanstalk agent, pip, the AWS SDKs) would stop trusting anything else."""
+    store = system_store["bundle"]
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    link = tmp_path / "links" / "rds.pem"
+    link.parent.mkdir()
+    link.symlink_to(store)
+    chain = tmp_path / "links" / "chain.pem"
+    chain.symlink_to(link)
+    for target in (store, link, chain):
+        result = run_hook(PREBUILD, {"DB_SSL_CA": str(target), "DB_SSL_MODE": "verify-identity"},
+                          RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}", SYSTEM_CA_BUNDLE=str(store))
+        assert result.returncode == 1, (target, result.stderr)
+        assert f"DB_SSL_CA={target} is the system trust store {store}" in result.stderr
+        assert "eb setenv DB_SSL_CA=" in result.stderr
+        assert hashlib.sha256(store.read_bytes()).hexdigest() == before
+        assert link.is_symlink() and chain.is_symlink()
+
+
+@pytest.mark.parametrize("target", [
+    "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/pki/tls/cert.pem",
+    "/etc/ssl/cert.pem", "/etc/ssl/certs/rds-global-bundle.pem",
+    "/etc/pki/ca-trust/source/anchors/rds-global-bundle.pem", "symlink into /etc/ssl/certs",
+])
+def test_prebuild_refuses_the_machines_trust_store_paths(run_hook, tmp_path, target):
+    """The known bundle files and anything under /etc/pki/ca-trust/ or /etc/ssl/certs/.
+
+    The download URL is missing on purpose: even a broken guard could not write to /etc here
+    (it would fail later with another message, which the assertion tells apart)."""
+    if target.startswith("symlink"):
+        (tmp_path / "certs-dir").symlink_to("/etc/ssl/certs")
+        target = str(tmp_path / "certs-dir" / "rds.pem")
+    result = run_hook(PREBUILD, {"DB_SSL_CA": target, "DB_SSL_MODE": "verify-identity"},
+                      RDS_CA_BUNDLE_URL=f"file://{tmp_path}/missing.pem")
+    assert result.returncode == 1
+    assert f"DB_SSL_CA={target} is" in result.stderr and "system trust store" in result.stderr
+    assert "eb setenv DB_SSL_CA=/etc/pki/tls/certs/rds-global-bundle.pem" in result.stderr
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
