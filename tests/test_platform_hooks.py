@@ -1,16 +1,17 @@
 """The .platform hooks, run as Beanstalk runs them: executables reading get-config, no shell env.
 
 A stand-in for /opt/elasticbeanstalk/bin/get-config (the rehearsal's) answers with the
-environment properties each test sets. The RDS CA bundle is served from file:// URLs; the
-system trust store is a fake one named by SYSTEM_CA_BUNDLE.
+environment properties each test sets. The RDS CA bundle is served from file:// URLs, the
+system trust store is a fake one named by SYSTEM_CA_BUNDLE, and the smoke check asks the real
+app under gunicorn.
 """
 
 import hashlib
-import http.server
 import os
 import re
+import shutil
 import subprocess
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from conftest import ROOT, load_script
 
 PREBUILD = ROOT / ".platform/hooks/prebuild/01_rds_ca_bundle.sh"
 POSTDEPLOY = ROOT / ".platform/hooks/postdeploy/01_smoke_check.sh"
+NGINX_API = Path("nginx/conf.d/elasticbeanstalk/01_api.conf")  # under .platform
 HEADER = "# Installed by .platform/hooks/prebuild/01_rds_ca_bundle.sh"
 PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", re.DOTALL)
 
@@ -294,36 +296,99 @@ def test_prebuild_refuses_the_machines_trust_store_paths(run_hook, tmp_path, tar
     assert "eb setenv DB_SSL_CA=/etc/pki/tls/certs/rds-global-bundle.pem" in result.stderr
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        status = 200 if self.path == "/health" else 404
-        self.send_response(status)
-        self.end_headers()
-        self.wfile.write(b'{"status":"ok"}')
+# -- postdeploy smoke check ---------------------------------------------------------------------
+@pytest.fixture
+def platform(tmp_path):
+    """A copy of .platform, as unpacked on an instance, whose /api/ location can be pointed at
+    the port a test's gunicorn listens on (the hook reads the nginx file next to itself)."""
+    copy = tmp_path / "staging" / ".platform"
+    shutil.copytree(ROOT / ".platform", copy, symlinks=True)
 
-    def log_message(self, *args):
-        pass
+    def api_port(port: int) -> Path:
+        conf = copy / NGINX_API
+        text = conf.read_text()
+        assert "proxy_pass          http://127.0.0.1:8000;" in text
+        conf.write_text(text.replace("http://127.0.0.1:8000;", f"http://127.0.0.1:{port};"))
+        return conf
+
+    return {"dir": copy, "api_port": api_port,
+            "postdeploy": copy / "hooks/postdeploy/01_smoke_check.sh",
+            "confighook": copy / "confighooks/postdeploy/01_smoke_check.sh"}
 
 
-def test_smoke_check_passes_when_health_answers(run_hook):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        result = run_hook(POSTDEPLOY, {"PORT": str(server.server_address[1])})
-    finally:
-        server.shutdown()
+def gunicorn_port(server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def test_smoke_check_passes_when_the_app_is_ready(run_hook, platform, make_database, start_gunicorn):
+    server = start_gunicorn({**make_database(), "WEB_CONCURRENCY": "1"})
+    port = gunicorn_port(server)
+    platform["api_port"](port)
+    result = run_hook(platform["postdeploy"], {"PORT": str(port)})
     assert result.returncode == 0, result.stderr
-    assert "answered on attempt 1" in result.stdout
+    assert f"http://127.0.0.1:{port}/health/ready answered on attempt 1" in result.stdout
+    assert '"status":"ready"' in result.stdout.replace(" ", "")
 
 
-def test_smoke_check_fails_the_deployment_when_nothing_answers(run_hook):
-    port = localdb.free_port()
-    result = run_hook(POSTDEPLOY, {"PORT": str(port)}, SMOKE_CHECK_SECONDS="2")
+def test_smoke_check_fails_the_deployment_on_an_unmigrated_database(run_hook, platform, make_database,
+                                                                    start_gunicorn):
+    """/health answers 200 here (the load balancer would be satisfied); /health/ready does not."""
+    server = start_gunicorn({**make_database(migrated=False), "WEB_CONCURRENCY": "1"})
+    port = gunicorn_port(server)
+    platform["api_port"](port)
+    result = run_hook(platform["postdeploy"], {"PORT": str(port)}, SMOKE_CHECK_SECONDS="2")
     assert result.returncode == 1
-    assert f"http://127.0.0.1:{port}/health did not answer 200 within 2 s" in result.stderr
+    assert f"http://127.0.0.1:{port}/health/ready did not answer 200 within 2 s" in result.stderr
+    assert "Last answer: HTTP 503 " in result.stderr and '"schema_behind"' in result.stderr
+    assert "web.stdout.log" in result.stderr and "eb-engine.log" in result.stderr
 
 
-def test_confighooks_run_the_same_hooks(run_hook, pki, tmp_path):
+def test_smoke_check_fails_the_deployment_when_nothing_answers(run_hook, platform):
+    port = localdb.free_port()
+    platform["api_port"](port)
+    result = run_hook(platform["postdeploy"], {"PORT": str(port)}, SMOKE_CHECK_SECONDS="2")
+    assert result.returncode == 1
+    assert f"http://127.0.0.1:{port}/health/ready did not answer 200 within 2 s" in result.stderr
+    assert "Last answer: no answer (curl: (7)" in result.stderr
+
+
+def test_smoke_check_fails_at_once_when_port_and_the_api_location_disagree(run_hook):
+    """Beanstalk points its own `location /` at PORT, never our /api/ location, which would
+    then answer 502 (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/python-configuration-procfile.html:
+    nginx forwards to port 8000 unless PORT says otherwise). The shipped files say 8000."""
+    port = localdb.free_port()
+    started = time.monotonic()
+    result = run_hook(POSTDEPLOY, {"PORT": str(port)}, SMOKE_CHECK_SECONDS="30")
+    assert result.returncode == 1
+    assert time.monotonic() - started < 10  # no waiting for an app that cannot be reached
+    assert (f"PORT={port} but the location /api/ in {ROOT / '.platform' / NGINX_API} proxies to port 8000"
+            in result.stderr)
+
+
+def test_smoke_check_defaults_port_to_8000_like_the_nginx_file(run_hook, tmp_path):
+    """PORT unset: 8000 on both sides, so the check goes on to ask the app."""
+    result = run_hook(POSTDEPLOY, {}, SMOKE_CHECK_SECONDS="0")
+    assert "proxies to port" not in result.stderr
+    assert "http://127.0.0.1:8000/health/ready" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("how", ["confighooks twin", "symlink elsewhere"])
+def test_smoke_check_finds_the_nginx_file_next_to_its_real_location(run_hook, platform, tmp_path, how):
+    """Run from confighooks/ (which execs the hook through ../../hooks) or a symlink, the hook
+    still reads .platform/nginx of its own copy, not one relative to the caller."""
+    conf = platform["api_port"](1)
+    if how == "confighooks twin":
+        hook = platform["confighook"]
+    else:
+        hook = tmp_path / "elsewhere" / "smoke"
+        hook.parent.mkdir()
+        hook.symlink_to(platform["postdeploy"])
+    result = run_hook(hook, {"PORT": "8000"}, SMOKE_CHECK_SECONDS="1")
+    assert result.returncode == 1
+    assert f"PORT=8000 but the location /api/ in {conf} proxies to port 1" in result.stderr
+
+
+def test_confighooks_run_the_same_hooks(run_hook, pki, platform, tmp_path):
     """Configuration deployments run confighooks, not hooks: each must do what its twin does."""
     confighooks = ROOT / ".platform" / "confighooks"
     target = tmp_path / "rds.pem"
@@ -332,6 +397,6 @@ def test_confighooks_run_the_same_hooks(run_hook, pki, tmp_path):
                       RDS_CA_BUNDLE_URL=f"file://{pki['bundle']}")
     assert result.returncode == 0 and "installed 2 RDS CA certificates" in result.stderr
     port = localdb.free_port()
-    result = run_hook(confighooks / "postdeploy" / "01_smoke_check.sh", {"PORT": str(port)},
-                      SMOKE_CHECK_SECONDS="1")
-    assert result.returncode == 1 and f"127.0.0.1:{port}/health did not answer" in result.stderr
+    platform["api_port"](port)
+    result = run_hook(platform["confighook"], {"PORT": str(port)}, SMOKE_CHECK_SECONDS="1")
+    assert result.returncode == 1 and f"127.0.0.1:{port}/health/ready did not answer" in result.stderr
