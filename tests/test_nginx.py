@@ -162,3 +162,44 @@ def test_too_large_bodies_get_json_413_from_app_or_nginx(proxied):
         assert response.headers["Content-Type"].startswith("application/json")
         assert response.json()["error"]["code"] == "payload_too_large"
     assert "X-Request-Id" in from_app.headers and "X-Request-Id" not in from_nginx.headers
+
+
+def _options() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / ".ebextensions/01-environment.config").read_text())["option_settings"]
+
+
+def test_timeouts_nest_database_read_under_nginx_under_the_load_balancer():
+    """DB_READ_TIMEOUT < proxy_read_timeout < the ALB's IdleTimeout.
+
+    An ALB closes a connection idle for its idle timeout, 60 s by default
+    (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/edit-load-balancer-attributes.html),
+    set through Beanstalk's aws:elbv2:loadbalancer IdleTimeout
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-general.html#command-options-general-elbv2).
+    nginx must give up first, or clients get the balancer's 504 instead of nginx's; and after
+    the app's own query timeout, or a slow query's 503 never reaches them.
+    """
+    import re
+
+    from app.config import Settings
+
+    idle = int(_options()["aws:elbv2:loadbalancer"]["IdleTimeout"])
+    [nginx_read] = re.findall(r"^proxy_read_timeout\s+(\d+)s;", OUR_CONF.read_text(), re.MULTILINE)
+    read_timeout = Settings.model_fields["read_timeout"].default
+    assert read_timeout < int(nginx_read) < idle, (read_timeout, nginx_read, idle)
+    # 01 sets DB_READ_TIMEOUT too; that is the value deployed environments start with.
+    deployed = int(_options()["aws:elasticbeanstalk:application:environment"]["DB_READ_TIMEOUT"])
+    assert deployed < int(nginx_read)
+
+
+def test_only_health_check_path_sets_the_health_check():
+    """`Application Healthcheck URL` (aws:elasticbeanstalk:application) and HealthCheckPath
+    (aws:elasticbeanstalk:environment:process:default) both set the load balancer's check
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-general.html): one
+    place only, and /health, which never touches the database."""
+    options = _options()
+    assert options["aws:elasticbeanstalk:environment:process:default"]["HealthCheckPath"] == "/health"
+    setters = [(namespace, key) for namespace, values in options.items() for key in values
+               if key.lower().replace(" ", "") in ("healthcheckpath", "applicationhealthcheckurl")]
+    assert setters == [("aws:elasticbeanstalk:environment:process:default", "HealthCheckPath")]
