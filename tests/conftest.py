@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -212,3 +213,16 @@ def start_gunicorn(tmp_path):
     yield start
     for g in started:
         g.stop()
+
+
+@pytest.fixture(scope="session")
+def eb_venv() -> Path:
+    """The README's EB CLI install, run for real (a virtualenv of its own)."""
+    [line] = readme_lines("./scripts/install-eb-cli")
+    result = subprocess.run(shlex.split(line), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "EB CLI 3.27.5" in result.stdout
+    venv = ROOT / ".venv-eb"
+    # Its own environment: the EB CLI's pins never reach the app's virtualenv.
+    assert not list((Path(sys.executable).parent.parent / "lib").glob("python*/site-packages/ebcli"))
+    return venv

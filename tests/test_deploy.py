@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, readme_lines
+from conftest import ROOT, load_script, readme_lines
 
 PYTHON = sys.executable
 
@@ -24,12 +24,13 @@ def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
+bundle_tool = load_script("bundle")
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("bundle") / "app.zip"
-    result = run("bundle", "--output", str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return path
+    """The working tree zipped as eb deploy would (02 still holds the repository's placeholders)."""
+    return bundle_tool.build(ROOT, tmp_path_factory.mktemp("bundle") / "app.zip")
 
 
 def broken_copy(bundle: Path, target: Path, edit) -> Path:
@@ -102,23 +103,11 @@ def test_readme_rehearsal_command_passes_on_what_ships():
     assert result.returncode == 0, output
     for step in ("checks passed", "cfn-lint: 2 resource(s), no findings", "checkov:", "none failed",
                  "parliament: 1 IAM policy document(s), no findings",
-                 "hooks/prebuild/01_rds_ca_bundle.sh: ok", "container_commands.01_migrate (leader_only): ok",
+                 "hooks/prebuild/01_rds_ca_bundle.sh: ok", "container_commands.01_bootstrap_user (leader_only): ok",
+                 "container_commands.02_migrate (leader_only): ok",
                  "hooks/postdeploy/01_smoke_check.sh: ok", "DB_SSL_MODE=verify-identity",
                  "confighooks/postdeploy/01_smoke_check.sh: ok", "/health and /api/users: 200"):
         assert step in output, step
-
-
-@pytest.fixture(scope="module")
-def eb_venv() -> Path:
-    """The README's EB CLI install, run for real (a virtualenv of its own)."""
-    [line] = readme_lines("./scripts/install-eb-cli")
-    result = subprocess.run(shlex.split(line), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "EB CLI 3.27.5" in result.stdout
-    venv = ROOT / ".venv-eb"
-    # Its own environment: the EB CLI's pins never reach the app's virtualenv.
-    assert not list((Path(PYTHON).parent.parent / "lib").glob("python*/site-packages/ebcli"))
-    return venv
 
 
 # Parses each `eb` line with the argument definitions of the EB CLI's own controllers.
@@ -163,7 +152,8 @@ def eb_parse(eb_venv: Path, lines: list[str]) -> subprocess.CompletedProcess:
 
 def test_readme_eb_commands_parse_with_the_eb_cli(eb_venv):
     lines = [line for line in readme_lines("eb ") if line.startswith("eb ")]
-    assert [shlex.split(line)[1] for line in lines] == ["init", "create", "setenv", "deploy", "health", "logs"]
+    assert [shlex.split(line)[1] for line in lines] == ["init", "create", "create", "setenv", "deploy",
+                                                        "health", "logs"]
     result = eb_parse(eb_venv, lines)
     assert result.returncode == 0, result.stdout + result.stderr
     # The check itself catches a misspelt option and an unknown command.

@@ -1,26 +1,109 @@
-"""scripts/provision against moto's EC2, IAM, RDS, STS and Secrets Manager (no AWS account here).
+"""scripts/provision against moto's EC2, IAM, RDS, STS, KMS, ACM and Secrets Manager.
 
-A VPC with an RDS instance is set up as an operator would have it; the script must find it,
-plan, apply, and on a second run find nothing to change. Its policies go through parliament.
+Each AWS fact the script relies on is modelled, not assumed: VPCs with the route tables that
+make a subnet public (0.0.0.0/0 to an internet gateway) or private with a way out (to a NAT
+gateway), Aurora clusters and their members, RDS Proxies and their targets, RDS-managed master
+secrets. The script must find the database, plan, apply, and on a second run change nothing.
+Its policies go through parliament.
 """
 
+import datetime
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
+import sys
 
 import boto3
 import pytest
 import yaml
 from moto import mock_aws
 
+import localdb
 from conftest import ROOT, load_script, readme_lines
 
 REGION = "eu-west-1"
-
+# Not moto's default 123456789012: that is AWS's documentation example, which scripts/bundle
+# refuses as a placeholder.
+ACCOUNT = "210987654321"
+ROLE = "flask-rds-app-ec2"
 
 provision = load_script("provision")
 rehearsal = load_script("rehearse-deploy")
+
+
+# -- the AWS side, as an operator would have it ----------------------------------------------
+def public_and_private_vpc(ec2, cidr="10.0"):
+    """AWS's "VPC and more" layout: public subnets routed to an internet gateway, private ones
+    routed to a NAT gateway, in two zones (https://docs.aws.amazon.com/vpc/latest/userguide/
+    nat-gateway-scenarios.html); the database lives in the private ones."""
+    vpc = ec2.create_vpc(CidrBlock=f"{cidr}.0.0/16")["Vpc"]["VpcId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    public_table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=public_table, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    public = []
+    for i, zone in ((0, "a"), (1, "b")):
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"{cidr}.{i}.0/24",
+                                   AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
+        ec2.associate_route_table(RouteTableId=public_table, SubnetId=subnet)
+        public.append(subnet)
+    address = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    nat = ec2.create_nat_gateway(SubnetId=public[0], AllocationId=address)["NatGateway"]["NatGatewayId"]
+    private_table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=private_table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+    private = []
+    for i, zone in ((10, "a"), (11, "b")):
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"{cidr}.{i}.0/24",
+                                   AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
+        ec2.associate_route_table(RouteTableId=private_table, SubnetId=subnet)
+        private.append(subnet)
+    return {"vpc": vpc, "public": public, "private": private, "nat": nat, "igw": igw}
+
+
+def default_vpc(ec2):
+    """The region's default VPC as AWS makes it: default subnets, an internet gateway, and a
+    0.0.0.0/0 route to it in the main route table (https://docs.aws.amazon.com/vpc/latest/
+    userguide/default-vpc.html). moto creates the VPC and subnets, not the gateway and route."""
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    main = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]},
+                                              {"Name": "association.main", "Values": ["true"]}])["RouteTables"][0]
+    ec2.create_route(RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+    return {"vpc": vpc, "public": [s["SubnetId"] for s in subnets], "private": []}
+
+
+def isolated_vpc(ec2):
+    """Subnets whose route tables have only the local route: no way out."""
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24", AvailabilityZone=f"{REGION}{z}")
+               ["Subnet"]["SubnetId"] for i, z in ((1, "a"), (2, "b"))]
+    return {"vpc": vpc, "public": [], "private": subnets}
+
+
+def database_group(aws, network, name):
+    group = aws["ec2"].create_security_group(GroupName=f"{name}-sg", Description="database",
+                                             VpcId=network["vpc"])["GroupId"]
+    subnets = network["private"] or network["public"]
+    aws["rds"].create_db_subnet_group(DBSubnetGroupName=f"{name}-subnets", DBSubnetGroupDescription="db",
+                                      SubnetIds=subnets)
+    return group
+
+
+def make_instance(aws, network, name, **extra):
+    group = database_group(aws, network, name)
+    options = {"MasterUserPassword": "master-password-1", "DBName": "ebdb", **extra}
+    options = {k: v for k, v in options.items() if v is not None}
+    instance = aws["rds"].create_db_instance(
+        DBInstanceIdentifier=name, DBInstanceClass="db.t4g.micro", Engine="mysql", MasterUsername="admin",
+        AllocatedStorage=20, VpcSecurityGroupIds=[group], DBSubnetGroupName=f"{name}-subnets",
+        **options)["DBInstance"]
+    return {"group": group, "resource_id": instance["DbiResourceId"], "host": instance["Endpoint"]["Address"],
+            "instance": instance}
 
 
 @pytest.fixture
@@ -30,51 +113,62 @@ def aws(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("MOTO_ACCOUNT_ID", ACCOUNT)
     # AWS managed policies (AWSElasticBeanstalkWebTier) exist in a real account; moto loads them on request.
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    # moto 5.2.5 keeps modify_db_cluster's EnableIAMDatabaseAuthentication in an attribute that
+    # describe_db_clusters never reads (iam_auth); RDS reports the change. Join the two.
+    from moto.rds.models import DBCluster
+    monkeypatch.setattr(DBCluster, "enable_iam_database_authentication", property(
+        lambda self: self.iam_auth, lambda self, value: setattr(self, "iam_auth", value)), raising=False)
     with mock_aws():
-        ec2 = boto3.client("ec2", REGION)
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24",
-                                     AvailabilityZone=f"{REGION}{az}")["Subnet"]["SubnetId"]
-                   for i, az in ((1, "a"), (2, "b"))]
-        db_group = ec2.create_security_group(GroupName="appdb-sg", Description="database",
-                                             VpcId=vpc)["GroupId"]
-        rds = boto3.client("rds", REGION)
-        rds.create_db_subnet_group(DBSubnetGroupName="appdb-subnets", DBSubnetGroupDescription="db",
-                                   SubnetIds=subnets)
-        instance = rds.create_db_instance(
-            DBInstanceIdentifier="appdb", DBInstanceClass="db.t4g.micro", Engine="mysql",
-            MasterUsername="admin", MasterUserPassword="master-password-1", AllocatedStorage=20,
-            VpcSecurityGroupIds=[db_group], DBSubnetGroupName="appdb-subnets", DBName="ebdb")["DBInstance"]
-        yield {"vpc": vpc, "db_group": db_group, "resource_id": instance["DbiResourceId"],
-               "host": instance["Endpoint"]["Address"], "ec2": ec2, "rds": rds,
-               "iam": boto3.client("iam", REGION), "sm": boto3.client("secretsmanager", REGION)}
+        clients = {name: boto3.client(service, REGION) for name, service in (
+            ("ec2", "ec2"), ("rds", "rds"), ("iam", "iam"), ("sm", "secretsmanager"), ("kms", "kms"),
+            ("acm", "acm"))}
+        network = public_and_private_vpc(clients["ec2"])
+        db = make_instance(clients, network, "appdb")
+        yield {**clients, **network, "db_group": db["group"], "resource_id": db["resource_id"],
+               "host": db["host"]}
 
 
-def run(capsys, *args):
-    code = provision.main(["--db-instance", "appdb", "--region", REGION, *args])
+def run(capsys, *args, target=("--db-instance", "appdb")):
+    code = provision.main([*target, "--region", REGION, *args])
     out = capsys.readouterr()
     return code, out.out, out.err
 
 
 def state(aws):
     """Everything provision may touch, for before/after comparisons."""
-    groups = aws["ec2"].describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [aws["vpc"]]}])
+    groups = aws["ec2"].describe_security_groups()["SecurityGroups"]
     roles = aws["iam"].list_roles()["Roles"]
     return {
-        "groups": sorted((g["GroupName"], json.dumps(g["IpPermissions"], sort_keys=True))
-                         for g in groups["SecurityGroups"]),
-        "roles": {r["RoleName"]: aws["iam"].list_role_policies(RoleName=r["RoleName"])["PolicyNames"]
-                  for r in roles},
-        "policies": {r["RoleName"]: [aws["iam"].get_role_policy(RoleName=r["RoleName"], PolicyName=p)
+        "groups": sorted((g["GroupName"], json.dumps(g["IpPermissions"], sort_keys=True)) for g in groups),
+        "policies": {r["RoleName"]: {p: aws["iam"].get_role_policy(RoleName=r["RoleName"], PolicyName=p)
                                      ["PolicyDocument"] for p in aws["iam"].list_role_policies(
-                                         RoleName=r["RoleName"])["PolicyNames"]] for r in roles},
+                                         RoleName=r["RoleName"])["PolicyNames"]} for r in roles},
         "profiles": sorted(p["InstanceProfileName"] for p in aws["iam"].list_instance_profiles()["InstanceProfiles"]),
         "secrets": sorted(s["Name"] for s in aws["sm"].list_secrets()["SecretList"]),
-        "iam_auth": aws["rds"].describe_db_instances(DBInstanceIdentifier="appdb")["DBInstances"][0][
-            "IAMDatabaseAuthenticationEnabled"],
+        "iam_auth": {i["DBInstanceIdentifier"]: i["IAMDatabaseAuthenticationEnabled"]
+                     for i in aws["rds"].describe_db_instances()["DBInstances"]},
+        "cluster_iam_auth": {c["DBClusterIdentifier"]: c["IAMDatabaseAuthenticationEnabled"]
+                             for c in aws["rds"].describe_db_clusters()["DBClusters"]},
     }
+
+
+def twice(aws, capsys, *args, target=("--db-instance", "appdb")):
+    """Apply, then apply again: the second run must find nothing to change."""
+    code, first, err = run(capsys, *args, target=target)
+    assert code == 0, first + err
+    after = state(aws)
+    code, second, err = run(capsys, *args, target=target)
+    assert code == 0, second + err
+    assert "provision: nothing to change" in second and "change     " not in second, second
+    assert state(aws) == after
+    return first
+
+
+def policy(aws, name="app-database-access", role=ROLE):
+    return aws["iam"].get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
 
 
 def parliament_findings(document: dict) -> str:
@@ -85,6 +179,15 @@ def parliament_findings(document: dict) -> str:
     return (result.stdout + result.stderr).strip()
 
 
+def eb_create(out: str) -> list[str]:
+    return shlex.split(re.search(r"^  (eb create ENVIRONMENT .*)$", out, re.MULTILINE)[1])
+
+
+def flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+# -- the tests ------------------------------------------------------------------------------
 def test_dry_run_plans_and_changes_nothing(aws, capsys, tmp_path):
     before = state(aws)
     code, out, _ = run(capsys, "--auth", "iam", "--create-role", "--dry-run",
@@ -94,65 +197,221 @@ def test_dry_run_plans_and_changes_nothing(aws, capsys, tmp_path):
     for planned in ("would     create security group appdb-app-instances",
                     f"would     allow tcp/3306 into {aws['db_group']}",
                     "would     enable IAM database authentication on appdb",
-                    "would     create role aws-elasticbeanstalk-ec2-role",
-                    "would     create instance profile aws-elasticbeanstalk-ec2-role"):
+                    f"would     create role {ROLE}", f"would     create instance profile {ROLE}"):
         assert planned in out, planned
     assert "dry run: 7 change(s) planned, none made" in out
     assert state(aws) == before
     assert not (tmp_path / "options.config").exists()
 
 
-def test_iam_mode_applies_least_privilege_then_changes_nothing(aws, capsys, tmp_path):
+def test_private_subnets_with_a_nat_host_the_instances_without_public_addresses(aws, capsys, tmp_path):
+    """With --vpc.id and no --vpc.publicip the EB CLI sets AssociatePublicIpAddress=false: right
+    for subnets with a NAT route, fatal for subnets without one."""
     options = tmp_path / "02-database-options.config"
-    code, out, _ = run(capsys, "--auth", "iam", "--create-role", "--write-options", str(options))
-    assert code == 0, out
+    out = twice(aws, capsys, "--auth", "iam", "--create-role", "--write-options", str(options))
     assert "7 change(s) made" in out
+    args = eb_create(out)
+    assert flag(args, "--vpc.id") == aws["vpc"]
+    assert flag(args, "--vpc.ec2subnets").split(",") == aws["private"]
+    assert flag(args, "--vpc.elbsubnets").split(",") == aws["public"]
+    assert "--vpc.elbpublic" in args and "--vpc.publicip" not in args
+    assert flag(args, "--instance_profile") == ROLE
+    for subnet in aws["private"]:
+        assert re.search(rf"{subnet}  {REGION}[ab]  {aws['nat']}\s+instances$", out, re.MULTILINE), out
 
     app_group = aws["ec2"].describe_security_groups(Filters=[
         {"Name": "group-name", "Values": ["appdb-app-instances"]}])["SecurityGroups"][0]
-    assert app_group["VpcId"] == aws["vpc"]
     rules = aws["ec2"].describe_security_groups(GroupIds=[aws["db_group"]])["SecurityGroups"][0]["IpPermissions"]
     assert len(rules) == 1
     rule = rules[0]
     assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 3306, 3306)
     assert rule["IpRanges"] == [] and rule.get("Ipv6Ranges", []) == []  # no CIDR, never 0.0.0.0/0
     assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [app_group["GroupId"]]
-    description = rule["UserIdGroupPairs"][0]["Description"]
-    assert description == "MySQL from the Beanstalk instances of the app (appdb-app-instances)"
     # moto accepts any text; EC2 refuses characters outside this set (an apostrophe, say).
-    assert rehearsal.RULE_DESCRIPTION.fullmatch(description)
+    assert rehearsal.RULE_DESCRIPTION.fullmatch(rule["UserIdGroupPairs"][0]["Description"])
 
-    iam = aws["iam"]
-    role = "aws-elasticbeanstalk-ec2-role"
-    trust = iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+    trust = aws["iam"].get_role(RoleName=ROLE)["Role"]["AssumeRolePolicyDocument"]
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
-    profile = iam.get_instance_profile(InstanceProfileName=role)["InstanceProfile"]
-    assert [r["RoleName"] for r in profile["Roles"]] == [role]
-    document = iam.get_role_policy(RoleName=role, PolicyName="app-database-access")["PolicyDocument"]
+    attached = aws["iam"].list_attached_role_policies(RoleName=ROLE)["AttachedPolicies"]
+    assert [p["PolicyName"] for p in attached] == ["AWSElasticBeanstalkWebTier"]  # no WorkerTier, no Docker
+    profile = aws["iam"].get_instance_profile(InstanceProfileName=ROLE)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [ROLE]
+    document = policy(aws)
     assert document["Statement"] == [{
         "Sid": "ConnectAsTheAppUser", "Effect": "Allow", "Action": "rds-db:connect",
-        "Resource": f"arn:aws:rds-db:{REGION}:123456789012:dbuser:{aws['resource_id']}/app"}]
+        "Resource": f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:{aws['resource_id']}/app"}]
     assert parliament_findings(document) == ""
-    assert state(aws)["iam_auth"] is True
+    assert state(aws)["iam_auth"]["appdb"] is True
 
     assert "IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS' REQUIRE SSL" in out
     assert "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES ON `ebdb`.* TO 'app'@'%'" in out
-    assert f"eb setenv DB_AUTH=iam RDS_HOSTNAME={aws['host']} RDS_PORT=3306 RDS_DB_NAME=ebdb " \
-           f"RDS_USERNAME=app AWS_REGION={REGION}" in out
+    assert f"eb setenv DB_AUTH=iam RDS_HOSTNAME={aws['host']} RDS_PORT=3306 RDS_DB_NAME=ebdb RDS_USERNAME=app\n" in out
     written = yaml.safe_load(options.read_text())["option_settings"]
-    assert written["aws:elasticbeanstalk:customoption"]["DatabaseResourceId"] == aws["resource_id"]
-    assert written["aws:elasticbeanstalk:customoption"]["DatabaseSecurityGroupId"] == aws["db_group"]
+    custom = written["aws:elasticbeanstalk:customoption"]
+    assert custom["DatabaseResourceId"] == aws["resource_id"]
+    assert custom["DatabaseSecurityGroupId"] == aws["db_group"]
+    assert custom["DatabaseSecretArn"] == f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:none"
     assert written["aws:autoscaling:launchconfiguration"]["SecurityGroups"] == app_group["GroupId"]
 
-    after_first = state(aws)
-    code, out, _ = run(capsys, "--auth", "iam", "--create-role")
-    assert code == 0
-    assert "provision: nothing to change" in out and "would" not in out and "change  " not in out
-    assert state(aws) == after_first
+
+def test_default_vpc_puts_the_instances_in_public_subnets_with_public_addresses(aws, capsys):
+    network = default_vpc(aws["ec2"])
+    make_instance(aws, network, "defaultdb")
+    out = twice(aws, capsys, "--auth", "iam", "--create-role", target=("--db-instance", "defaultdb"))
+    args = eb_create(out)
+    assert flag(args, "--vpc.id") == network["vpc"]
+    assert "--vpc.publicip" in args and "--vpc.elbpublic" in args
+    chosen = flag(args, "--vpc.ec2subnets").split(",")
+    assert chosen == flag(args, "--vpc.elbsubnets").split(",")
+    assert set(chosen) <= set(network["public"]) and len(chosen) >= 2
+    zones = {s["AvailabilityZone"] for s in aws["ec2"].describe_subnets(SubnetIds=chosen)["Subnets"]}
+    assert len(zones) == len(chosen)  # one per zone
+    assert "no private subnets with a NAT route in two zones" in out
+
+
+def test_subnets_with_no_way_out_are_refused(aws, capsys):
+    network = isolated_vpc(aws["ec2"])
+    make_instance(aws, network, "lockeddb")
+    before = state(aws)
+    code, out, err = run(capsys, "--auth", "iam", "--create-role", target=("--db-instance", "lockeddb"))
+    assert code == 2
+    assert f"no subnet of {network['vpc']} has a route to the internet" in err
+    assert "could not reach Elastic Beanstalk, S3, PyPI or the RDS CA bundle" in err
+    assert state(aws) == before  # refused before any change
+
+
+def test_a_public_subnet_in_one_zone_cannot_host_the_load_balancer(aws, capsys):
+    ec2 = aws["ec2"]
+    vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.8.{i}.0/24", AvailabilityZone=f"{REGION}{z}")
+               ["Subnet"]["SubnetId"] for i, z in ((1, "a"), (2, "b"))]
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnets[0])
+    make_instance(aws, {"vpc": vpc, "public": [], "private": subnets}, "onezone")
+    code, _, err = run(capsys, "--auth", "iam", "--create-role", target=("--db-instance", "onezone"))
+    assert code == 2 and "public subnets (a route to an internet gateway) in two Availability Zones" in err
+
+
+def make_cluster(aws, name="appcluster", **extra):
+    group = database_group(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, name)
+    cluster = aws["rds"].create_db_cluster(
+        DBClusterIdentifier=name, Engine="aurora-mysql", MasterUsername="admin",
+        DBSubnetGroupName=f"{name}-subnets", VpcSecurityGroupIds=[group], DatabaseName="ebdb",
+        **({"MasterUserPassword": "master-password-1"} | extra))["DBCluster"]
+    for i in (1, 2):
+        aws["rds"].create_db_instance(DBInstanceIdentifier=f"{name}-{i}", DBClusterIdentifier=name,
+                                      Engine="aurora-mysql", DBInstanceClass="db.r6g.large")
+    return cluster, group
+
+
+def test_an_aurora_member_means_its_cluster_writer_endpoint_and_resource_id(aws, capsys):
+    """IAM auth is a cluster setting, rds-db:connect names the DbClusterResourceId, and the app
+    must use the writer endpoint (https://docs.aws.amazon.com/AmazonRDS/latest/AuroraUserGuide/
+    UsingWithRDS.IAMDBAuth.IAMPolicy.html)."""
+    cluster, group = make_cluster(aws)
+    assert cluster["IAMDatabaseAuthenticationEnabled"] is False
+    member_host = aws["rds"].describe_db_instances(DBInstanceIdentifier="appcluster-1")["DBInstances"][0]
+    out = twice(aws, capsys, "--auth", "iam", "--create-role", target=("--db-instance", "appcluster-1"))
+    assert "appcluster-1 is a member of Aurora cluster appcluster" in out
+    assert "enable IAM database authentication on cluster appcluster" in out
+    assert state(aws)["cluster_iam_auth"]["appcluster"] is True
+    assert state(aws)["iam_auth"]["appcluster-1"] is False  # never set on the member
+    assert cluster["DbClusterResourceId"].startswith("cluster-")
+    assert policy(aws)["Statement"][0]["Resource"] == (
+        f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:{cluster['DbClusterResourceId']}/app")
+    assert f"RDS_HOSTNAME={cluster['Endpoint']} " in out
+    assert (member_host.get("Endpoint") or {}).get("Address", "-") not in out
+    assert f"allow tcp/3306 into {group} (the cluster's group)" in out
+    # Named directly, the cluster gives the same answer.
+    code, direct, _ = run(capsys, "--auth", "iam", target=("--db-cluster", "appcluster"))
+    assert code == 0 and "nothing to change" in direct
+
+
+def make_proxy(aws, iam_auth="REQUIRED"):
+    group = aws["ec2"].create_security_group(GroupName="proxy-sg", Description="proxy",
+                                             VpcId=aws["vpc"])["GroupId"]
+    secret = aws["sm"].create_secret(Name="proxy/app", SecretString=json.dumps(
+        {"username": "app", "password": "p"}))["ARN"]
+    proxy = aws["rds"].create_db_proxy(
+        DBProxyName="app-proxy", EngineFamily="MYSQL", RoleArn=f"arn:aws:iam::{ACCOUNT}:role/proxy",
+        Auth=[{"AuthScheme": "SECRETS", "SecretArn": secret, "IAMAuth": iam_auth}],
+        VpcSubnetIds=aws["private"], VpcSecurityGroupIds=[group], RequireTLS=True)["DBProxy"]
+    aws["rds"].register_db_proxy_targets(DBProxyName="app-proxy", DBInstanceIdentifiers=["appdb"])
+    return proxy, group
+
+
+def test_an_rds_proxy_gets_its_own_resource_id_ingress_and_trust(aws, capsys, tmp_path):
+    """Through a proxy, rds-db:connect names the proxy's prx- id, and its ACM certificate needs
+    Amazon's roots (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy-connecting.html)."""
+    proxy, group = make_proxy(aws)
+    prx = proxy["DBProxyArn"].rsplit(":", 1)[1]
+    assert prx.startswith("prx-")
+    options = tmp_path / "02.config"
+    out = twice(aws, capsys, "--auth", "iam", "--create-role", "--write-options", str(options),
+                target=("--db-proxy", "app-proxy"))
+    assert policy(aws)["Statement"][0]["Resource"] == f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:{prx}/app"
+    rules = aws["ec2"].describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissions"]
+    assert [(r["FromPort"], len(r["UserIdGroupPairs"])) for r in rules] == [(3306, 1)]
+    assert f"RDS_HOSTNAME={proxy['Endpoint']} " in out and " DB_SSL_TRUST=rds-proxy" in out
+    assert "RDS_DB_NAME=ebdb" in out  # from the proxy's target
+    custom = yaml.safe_load(options.read_text())["option_settings"]["aws:elasticbeanstalk:customoption"]
+    assert (custom["DatabaseResourceId"], custom["DatabaseSecurityGroupId"]) == (prx, group)
+    assert state(aws)["iam_auth"]["appdb"] is False  # the proxy checks the token, not the instance
+
+
+def test_a_proxy_without_iam_auth_is_refused_for_iam_mode(aws, capsys):
+    make_proxy(aws, iam_auth="DISABLED")
+    code, _, err = run(capsys, "--auth", "iam", "--create-role", target=("--db-proxy", "app-proxy"))
+    assert code == 2 and "does not accept IAM authentication" in err and "IAMAuth REQUIRED" in err
+
+
+def test_bootstrap_grant_reads_the_managed_master_secret_for_a_limited_time(aws, capsys):
+    """ManageMasterUserPassword: RDS keeps the master password in a secret of its own."""
+    managed = make_instance(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, "manageddb",
+                            ManageMasterUserPassword=True, MasterUserPassword=None)
+    master = managed["instance"]["MasterUserSecret"]["SecretArn"]
+    target = ("--db-instance", "manageddb")
+    out = twice(aws, capsys, "--auth", "iam", "--create-role", "--bootstrap-user", target=target)
+    document = policy(aws, "app-database-bootstrap")
+    [statement] = document["Statement"]
+    assert (statement["Action"], statement["Resource"]) == ("secretsmanager:GetSecretValue", master)
+    until = datetime.datetime.fromisoformat(statement["Condition"]["DateLessThan"]["aws:CurrentTime"])
+    left = until - datetime.datetime.now(datetime.timezone.utc)
+    assert datetime.timedelta(hours=23) < left <= datetime.timedelta(hours=24)
+    assert parliament_findings(document) == ""
+    assert f"DB_BOOTSTRAP_SECRET_ID={master}" in out
+    assert "run this again without --bootstrap-user" in out
+
+    code, out, _ = run(capsys, "--auth", "iam", target=target)
+    assert code == 0 and "remove inline policy app-database-bootstrap" in out
+    assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == ["app-database-access"]
+    assert "DB_BOOTSTRAP_SECRET_ID" not in out
+
+
+def test_an_expired_bootstrap_grant_is_renewed(aws, capsys):
+    make_instance(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, "manageddb",
+                  ManageMasterUserPassword=True, MasterUserPassword=None)
+    target = ("--db-instance", "manageddb")
+    assert run(capsys, "--auth", "iam", "--create-role", "--bootstrap-user", target=target)[0] == 0
+    document = policy(aws, "app-database-bootstrap")
+    document["Statement"][0]["Condition"]["DateLessThan"]["aws:CurrentTime"] = "2020-01-01T00:00:00Z"
+    aws["iam"].put_role_policy(RoleName=ROLE, PolicyName="app-database-bootstrap",
+                               PolicyDocument=json.dumps(document))
+    code, out, _ = run(capsys, "--auth", "iam", "--bootstrap-user", target=target)
+    assert code == 0 and "update inline policy app-database-bootstrap" in out
+
+
+def test_bootstrap_needs_a_managed_master_secret(aws, capsys):
+    code, _, err = run(capsys, "--auth", "iam", "--create-role", "--bootstrap-user")
+    assert code == 2
+    assert "aws rds modify-db-instance --db-instance-identifier appdb --manage-master-user-password" in err
 
 
 def test_secretsmanager_mode_creates_the_secret_without_printing_it(aws, capsys):
-    key = boto3.client("kms", REGION).create_key(Description="app secrets")["KeyMetadata"]["Arn"]
+    key = aws["kms"].create_key(Description="app secrets")["KeyMetadata"]["Arn"]
     aws["iam"].create_role(RoleName="app-ec2", AssumeRolePolicyDocument=json.dumps(provision.EC2_TRUST))
     args = ("--auth", "secretsmanager", "--create-secret", "--kms-key-arn", key, "--role-name", "app-ec2")
     code, out, err = run(capsys, *args)
@@ -165,17 +424,49 @@ def test_secretsmanager_mode_creates_the_secret_without_printing_it(aws, capsys)
     assert value["password"] not in out + err
     assert aws["sm"].describe_secret(SecretId="appdb/app")["KmsKeyId"] == key
 
-    document = aws["iam"].get_role_policy(RoleName="app-ec2", PolicyName="app-database-access")["PolicyDocument"]
+    document = policy(aws, role="app-ec2")
     assert [(s["Action"], s["Resource"]) for s in document["Statement"]] == [
         ("secretsmanager:GetSecretValue", secret["ARN"]), ("kms:Decrypt", key)]
+    assert document["Statement"][1]["Condition"] == {
+        "StringEquals": {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}}
     assert parliament_findings(document) == ""
     assert f"DB_SECRET_ID={secret['ARN']}" in out
+    # The secret's username comes with its password: no RDS_USERNAME to contradict it.
+    assert "RDS_USERNAME" not in out
 
     before = state(aws)
     code, out, _ = run(capsys, *args)
     assert code == 0 and "provision: nothing to change" in out
     assert state(aws) == before
     assert json.loads(aws["sm"].get_secret_value(SecretId="appdb/app")["SecretString"]) == value
+    # Named without --kms-key-arn, the secret's customer managed key is found.
+    code, out, _ = run(capsys, "--auth", "secretsmanager", "--role-name", "app-ec2")
+    assert code == 0 and "provision: nothing to change" in out
+
+
+def test_a_managed_master_secret_as_the_apps_secret_is_flagged(aws, capsys):
+    managed = make_instance(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, "manageddb",
+                            ManageMasterUserPassword=True, MasterUserPassword=None)
+    master = managed["instance"]["MasterUserSecret"]["SecretArn"]
+    code, out, _ = run(capsys, "--auth", "secretsmanager", "--secret-id", master, "--create-role",
+                       target=("--db-instance", "manageddb"))
+    assert code == 0
+    assert "is an RDS-managed master user secret: the app would connect as the master user" in out
+    assert "RDS_USERNAME" not in out and f"DB_SECRET_ID={master}" in out
+
+
+def test_password_mode_can_take_rds_password_from_a_secret(aws, capsys, tmp_path):
+    """aws:elasticbeanstalk:application:environmentsecrets instead of a plaintext property
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/AWSHowTo.secrets.env-vars.html)."""
+    options = tmp_path / "02.config"
+    out = twice(aws, capsys, "--auth", "password", "--create-secret", "--create-role",
+                "--write-options", str(options))
+    arn = aws["sm"].describe_secret(SecretId="appdb/app")["ARN"]
+    written = yaml.safe_load(options.read_text())["option_settings"]
+    assert written["aws:elasticbeanstalk:application:environmentsecrets"] == {"RDS_PASSWORD": f"{arn}:password"}
+    assert written["aws:elasticbeanstalk:customoption"]["DatabaseSecretArn"] == arn
+    assert [s["Action"] for s in policy(aws)["Statement"]] == ["secretsmanager:GetSecretValue"]
+    assert "RDS_PASSWORD" not in re.search(r"eb setenv .*", out)[0]
 
 
 def test_switching_to_password_mode_removes_the_grant(aws, capsys):
@@ -183,14 +474,51 @@ def test_switching_to_password_mode_removes_the_grant(aws, capsys):
     code, out, _ = run(capsys, "--auth", "password")
     assert code == 0
     assert "remove inline policy app-database-access" in out
-    assert aws["iam"].list_role_policies(RoleName="aws-elasticbeanstalk-ec2-role")["PolicyNames"] == []
-    assert "RDS_PASSWORD='<password>'" in out
+    assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == []
+    assert "'RDS_PASSWORD=<password>'" in out
+
+
+def test_https_listener_file_for_an_issued_certificate(aws, capsys, tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    localdb.make_ca(pki, "site", subject="/CN=app.example.com")
+    certificate = aws["acm"].import_certificate(Certificate=(pki / "site.pem").read_bytes(),
+                                                PrivateKey=(pki / "site.key").read_bytes())["CertificateArn"]
+    options = tmp_path / ".ebextensions" / "02-database-options.config"
+    options.parent.mkdir()
+    code, out, err = run(capsys, "--auth", "iam", "--create-role", "--certificate-arn", certificate,
+                         "--write-options", str(options))
+    assert code == 0, err
+    https = yaml.safe_load((options.parent / "06-https-listener.config").read_text())
+    listener = https["option_settings"]["aws:elbv2:listener:443"]
+    assert listener["SSLCertificateArns"] == certificate and listener["Protocol"] == "HTTPS"
+    redirect = https["Resources"]["AWSEBV2LoadBalancerListener"]["Properties"]["DefaultActions"][0]
+    assert redirect["Type"] == "redirect" and redirect["RedirectConfig"]["Protocol"] == "HTTPS"
+
+    code, _, err = run(capsys, "--auth", "iam", "--certificate-arn", certificate.replace("-", "0", 1))
+    assert code == 2 and "no ACM certificate" in err
+
+
+def test_deployer_policy_covers_what_ebextensions_creates(aws, capsys, tmp_path):
+    path = tmp_path / "deployer-policy.json"
+    code, _, err = run(capsys, "--auth", "iam", "--create-role", "--write-deployer-policy", str(path))
+    assert code == 0, err
+    document = json.loads(path.read_text())
+    grants = {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]}
+    role = f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"
+    assert grants == {
+        "PassTheInstanceRole": ("iam:PassRole", role),
+        "ManageTheDatabaseAccessPolicy": (["iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy"], role),
+        "OpenTheDatabasePortToTheInstances": (
+            ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"],
+            f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/{aws['db_group']}")}
+    assert parliament_findings(document) == ""
 
 
 def test_errors_say_what_to_fix(aws, capsys):
     code, _, err = run(capsys, "--auth", "iam")
     assert code == 2
-    assert "IAM role 'aws-elasticbeanstalk-ec2-role' not found" in err
+    assert f"IAM role '{ROLE}' not found" in err
     assert "instance PROFILE" in err and "--create-role" in err
 
     code, _, err = run(capsys, "--auth", "secretsmanager", "--create-role")
@@ -202,35 +530,86 @@ def test_errors_say_what_to_fix(aws, capsys):
 
 
 def test_instance_without_a_database_gets_create_database_in_the_sql(aws, capsys):
-    aws["rds"].create_db_instance(
-        DBInstanceIdentifier="nodb", DBInstanceClass="db.t4g.micro", Engine="mysql", MasterUsername="admin",
-        MasterUserPassword="master-password-1", AllocatedStorage=20, VpcSecurityGroupIds=[aws["db_group"]],
-        DBSubnetGroupName="appdb-subnets")
-    code = provision.main(["--db-instance", "nodb", "--region", REGION, "--auth", "iam", "--create-role"])
-    out = capsys.readouterr().out
+    make_instance(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, "nodb", DBName=None)
+    code, out, _ = run(capsys, "--auth", "iam", "--create-role", target=("--db-instance", "nodb"))
     assert code == 0
-    assert "CREATE DATABASE IF NOT EXISTS `ebdb`;" in out
-    code, out, _ = run(capsys, "--auth", "iam")  # appdb has its database
-    assert code == 0 and "CREATE USER IF NOT EXISTS 'app'" in out and "CREATE DATABASE" not in out
+    assert "nodb has no database yet" in out
+    assert "CREATE DATABASE IF NOT EXISTS `ebdb`" in out
+
+
+def copy_project(tmp_path):
+    """The project's files as a fresh clone has them (for runs that write into the project)."""
+    project = tmp_path / "project"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (ROOT / name).exists():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    return project
+
+
+def bundle(project, *args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "bundle"), "--project", str(project), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_eb_deploys_only_a_bundle_with_provisioned_options(aws, capsys, tmp_path, eb_venv):
+    """`eb create`/`eb deploy` upload `deploy: artifact:` when set (ebcli/operations/commonops.py,
+    create_app_version): scripts/bundle sets it, and builds nothing from placeholders."""
+    project = copy_project(tmp_path)
+    refused = bundle(project)
+    assert refused.returncode == 1
+    assert "DatabaseSecurityGroupId=sg-placeholder" in refused.stderr
+    assert "scripts/provision --db-instance NAME --write-options .ebextensions/02-database-options.config" in refused.stderr
+    assert not (project / "dist" / "app.zip").exists()
+
+    options = project / ".ebextensions" / "02-database-options.config"
+    assert run(capsys, "--auth", "iam", "--create-role", "--write-options", str(options))[0] == 0
+    eb = str(eb_venv / "bin" / "python")
+    init = "from ebcli.core import fileoperations as f; f.create_config_file('flask-rds-app', 'eu-west-1', 'python-3.11')"
+    subprocess.run([eb, "-c", init], cwd=project, check=True, timeout=60)  # what `eb init` writes
+    built = bundle(project, "--use-with-eb")
+    assert built.returncode == 0, built.stderr
+    read = "from ebcli.core import fileoperations as f; print(f.get_config_setting('deploy', 'artifact'))"
+    artifact = subprocess.run([eb, "-c", read], cwd=project, check=True, capture_output=True, text=True).stdout
+    assert artifact.strip() == "dist/app.zip" and (project / "dist" / "app.zip").exists()
 
 
 def test_readme_provision_commands(aws, capsys, tmp_path):
-    """The README's two lines, as written, against the moto account (options go to a temp file)."""
-    import shlex
-
-    lines = readme_lines("scripts/provision")
-    assert len(lines) == 2 and lines[0].endswith("--dry-run")
-    options = tmp_path / "02-database-options.config"
+    """The README's provision lines, as written, against the moto account (files go to a temp dir)."""
+    # The walkthrough's database has an RDS-managed master password (--bootstrap-user needs one).
+    aws["rds"].modify_db_instance(DBInstanceIdentifier="appdb", ManageMasterUserPassword=True,
+                                  ApplyImmediately=True)
+    lines = readme_lines("scripts/provision --db-instance")
+    assert len(lines) == 3 and lines[0].endswith("--dry-run")
     outputs = []
     for line in lines:
-        args = shlex.split(line.replace(".ebextensions/02-database-options.config", str(options)))
+        line = line.replace(".ebextensions/", f"{tmp_path}/").replace("dist/", f"{tmp_path}/")
+        args = shlex.split(line)
         assert args[:2] == [".venv/bin/python", "scripts/provision"]
-        assert provision.main(args[2:]) == 0
-        outputs.append(capsys.readouterr().out)
-    assert "dry run: 7 change(s) planned, none made" in outputs[0]
-    assert "7 change(s) made" in outputs[1]
-    assert yaml.safe_load(options.read_text())["option_settings"]["aws:elasticbeanstalk:customoption"][
-        "DatabaseResourceId"] == aws["resource_id"]
-    envvars = re.search(r"eb create ENVIRONMENT --envvars (\S+)", outputs[1])[1]
-    assert envvars == (f"DB_AUTH=iam,RDS_HOSTNAME={aws['host']},RDS_PORT=3306,RDS_DB_NAME=ebdb,"
-                       f"RDS_USERNAME=app,AWS_REGION={REGION}")
+        code, out, err = run(capsys, *args[2:], target=())
+        assert code == 0, err
+        outputs.append(out)
+    assert "8 change(s) planned, none made" in outputs[0]
+    assert "8 change(s) made" in outputs[1] and "put inline policy app-database-bootstrap" in outputs[1]
+    options = yaml.safe_load((tmp_path / "02-database-options.config").read_text())
+    assert options["option_settings"]["aws:elasticbeanstalk:customoption"]["DatabaseResourceId"] == aws["resource_id"]
+    assert json.loads((tmp_path / "deployer-policy.json").read_text())["Statement"]
+    # After the first deploy: the bootstrap grant goes, nothing else changes.
+    assert "remove inline policy app-database-bootstrap" in outputs[2] and "1 change(s) made" in outputs[2]
+
+
+def test_readme_eb_create_lines_match_what_provision_prints(aws, capsys):
+    """The README shows one eb create line per subnet layout: each has provision's flags."""
+    creates = [shlex.split(line) for line in readme_lines("eb create ")]
+    assert len(creates) == 2
+    aws["rds"].modify_db_instance(DBInstanceIdentifier="appdb", ManageMasterUserPassword=True,
+                                  ApplyImmediately=True)
+    code, private_out, _ = run(capsys, "--auth", "iam", "--create-role", "--bootstrap-user", "--dry-run")
+    network = default_vpc(aws["ec2"])
+    make_instance(aws, network, "defaultdb")
+    code, public_out, _ = run(capsys, "--auth", "iam", "--create-role", "--dry-run",
+                              target=("--db-instance", "defaultdb"))
+    for readme, printed in zip(creates, (eb_create(private_out), eb_create(public_out))):
+        assert [a for a in readme if a.startswith("-")] == [a for a in printed if a.startswith("-")]
+        assert flag(readme, "--instance_profile") == ROLE
