@@ -6,6 +6,7 @@ the bundle broken the ways real deployments break.
 
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -214,6 +215,10 @@ BREAKAGES = {
                  b"MySQL from this environment's"),
         [".ebextensions/03-database-ingress.config: DatabaseIngressFromInstances Description has "
          "characters EC2 refuses", "no apostrophes"]),
+    "PORT moved without nginx's /api/": (
+        _replace(".ebextensions/01-environment.config", b'PORT: "8000"', b'PORT: "9000"'),
+        [".platform/nginx/conf.d/elasticbeanstalk/01_api.conf: /api/ proxies to port 8000 but PORT is 9000",
+         "change both"]),
     "wrong WSGI path": (
         _replace("Procfile", b"application:application", b"app:application"),
         ["Procfile: the WSGI path app:application does not load",
@@ -243,3 +248,26 @@ def test_rehearsal_of_something_that_is_not_a_bundle_says_so(tmp_path):
     assert f"rehearse: FAILED: the bundle is not deployable:\n  {not_a_zip}: not a readable zip file" in result.stderr
     assert "Traceback" not in result.stderr
     assert set(Path("/tmp").glob("rehearse-*")) == before  # nothing left behind
+
+
+def test_instance_policy_arns_follow_the_stacks_partition(monkeypatch, tmp_path):
+    """04 builds its ARNs from AWS::Partition, AWS::Region and AWS::URLSuffix, so the same file
+    works in aws-cn and aws-us-gov; what the auth mode does not use is an ARN of nothing."""
+    rehearsal = load_script("rehearse-deploy")
+    for pseudo, value in (("AWS::Partition", "aws-cn"), ("AWS::Region", "cn-north-1"),
+                          ("AWS::URLSuffix", "amazonaws.com.cn")):
+        monkeypatch.setitem(rehearsal.PSEUDO, pseudo, value)
+    staging = tmp_path / "staging"
+    (staging / ".ebextensions").mkdir(parents=True)
+    shutil.copy(ROOT / ".ebextensions/04-instance-role-policy.config", staging / ".ebextensions")
+    _, resources, _ = rehearsal.load_ebextensions(staging)
+    name, resource = resources["DatabaseAccessPolicy"]
+    custom = {"DatabaseResourceId": "none", "DatabaseUser": "app",
+              "DatabaseSecretArn": "arn:aws-cn:secretsmanager:cn-north-1:210987654321:secret:app-AbCdEf",
+              "DatabaseSecretKmsKeyArn": "arn:aws-cn:kms:cn-north-1:210987654321:key/none"}
+    statements = rehearsal.resolve(resource, custom, name, literal_getatt=True)["Properties"]["PolicyDocument"]["Statement"]
+    assert [s["Resource"] for s in statements] == [
+        f"arn:aws-cn:rds-db:cn-north-1:{rehearsal.PSEUDO['AWS::AccountId']}:dbuser:none/app",
+        custom["DatabaseSecretArn"], custom["DatabaseSecretKmsKeyArn"]]
+    assert statements[2]["Condition"] == {"StringEquals": {"kms:ViaService": "secretsmanager.cn-north-1.amazonaws.com.cn"}}
+    assert "arn:aws:" not in (ROOT / ".ebextensions/04-instance-role-policy.config").read_text()

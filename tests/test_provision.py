@@ -467,6 +467,11 @@ def test_password_mode_can_take_rds_password_from_a_secret(aws, capsys, tmp_path
     assert written["aws:elasticbeanstalk:customoption"]["DatabaseSecretArn"] == arn
     assert [s["Action"] for s in policy(aws)["Statement"]] == ["secretsmanager:GetSecretValue"]
     assert "RDS_PASSWORD" not in re.search(r"eb setenv .*", out)[0]
+    project = copy_project(tmp_path)
+    shutil.copy(options, project / ".ebextensions" / "02-database-options.config")
+    result = rehearse_static(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"environmentsecrets: RDS_PASSWORD from {arn}:password at instance start" in result.stdout
 
 
 def test_switching_to_password_mode_removes_the_grant(aws, capsys):
@@ -484,19 +489,39 @@ def test_https_listener_file_for_an_issued_certificate(aws, capsys, tmp_path):
     localdb.make_ca(pki, "site", subject="/CN=app.example.com")
     certificate = aws["acm"].import_certificate(Certificate=(pki / "site.pem").read_bytes(),
                                                 PrivateKey=(pki / "site.key").read_bytes())["CertificateArn"]
-    options = tmp_path / ".ebextensions" / "02-database-options.config"
-    options.parent.mkdir()
+    project = copy_project(tmp_path)
+    options = project / ".ebextensions" / "02-database-options.config"
     code, out, err = run(capsys, "--auth", "iam", "--create-role", "--certificate-arn", certificate,
                          "--write-options", str(options))
     assert code == 0, err
-    https = yaml.safe_load((options.parent / "06-https-listener.config").read_text())
+    https_path = options.parent / "06-https-listener.config"
+    https = yaml.safe_load(https_path.read_text())
     listener = https["option_settings"]["aws:elbv2:listener:443"]
     assert listener["SSLCertificateArns"] == certificate and listener["Protocol"] == "HTTPS"
     redirect = https["Resources"]["AWSEBV2LoadBalancerListener"]["Properties"]["DefaultActions"][0]
     assert redirect["Type"] == "redirect" and redirect["RedirectConfig"]["Protocol"] == "HTTPS"
 
+    # The rehearsal's static checks: cfn-lint (Beanstalk's load balancer stubbed), checkov
+    # (CKV_AWS_2 passes on a redirect to HTTPS), and the listener's certificate and policy.
+    result = rehearse_static(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cfn-lint: 3 resource(s), no findings" in result.stdout
+    assert f"https: port 443 with {certificate} and ELBSecurityPolicy-TLS13-1-2-2021-06" in result.stdout
+    https_path.write_text(https_path.read_text().replace("ListenerEnabled: \"true\"", "ListenerEnabled: \"false\""))
+    result = rehearse_static(project)
+    assert result.returncode == 1 and "port 80 redirects to HTTPS but aws:elbv2:listener:443 is not an enabled" in result.stderr
+
     code, _, err = run(capsys, "--auth", "iam", "--certificate-arn", certificate.replace("-", "0", 1))
     assert code == 2 and "no ACM certificate" in err
+
+
+def rehearse_static(project):
+    """scripts/rehearse-deploy --static-only on the bundle scripts/bundle builds of `project`."""
+    built = bundle(project)
+    assert built.returncode == 0, built.stderr
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "rehearse-deploy"), "--static-only",
+                           "--bundle", str(project / "dist" / "app.zip")],
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_deployer_policy_covers_what_ebextensions_creates(aws, capsys, tmp_path):
