@@ -578,11 +578,19 @@ def bundle(project, *args):
                           capture_output=True, text=True, timeout=120)
 
 
+def readme_bundle(project, line):
+    """One of the README's scripts/bundle lines, run on `project` instead of this checkout."""
+    args = shlex.split(line)
+    assert args[:2] == [".venv/bin/python", "scripts/bundle"]
+    return bundle(project, *args[2:])
+
+
 def test_eb_deploys_only_a_bundle_with_provisioned_options(aws, capsys, tmp_path, eb_venv):
     """`eb create`/`eb deploy` upload `deploy: artifact:` when set (ebcli/operations/commonops.py,
     create_app_version): scripts/bundle sets it, and builds nothing from placeholders."""
+    first, later = readme_lines("scripts/bundle")  # before eb create, and before each eb deploy
     project = copy_project(tmp_path)
-    refused = bundle(project)
+    refused = readme_bundle(project, later)
     assert refused.returncode == 1
     assert "DatabaseSecurityGroupId=sg-placeholder" in refused.stderr
     assert "scripts/provision --db-instance NAME --write-options .ebextensions/02-database-options.config" in refused.stderr
@@ -593,11 +601,12 @@ def test_eb_deploys_only_a_bundle_with_provisioned_options(aws, capsys, tmp_path
     eb = str(eb_venv / "bin" / "python")
     init = "from ebcli.core import fileoperations as f; f.create_config_file('flask-rds-app', 'eu-west-1', 'python-3.11')"
     subprocess.run([eb, "-c", init], cwd=project, check=True, timeout=60)  # what `eb init` writes
-    built = bundle(project, "--use-with-eb")
+    built = readme_bundle(project, first)
     assert built.returncode == 0, built.stderr
     read = "from ebcli.core import fileoperations as f; print(f.get_config_setting('deploy', 'artifact'))"
     artifact = subprocess.run([eb, "-c", read], cwd=project, check=True, capture_output=True, text=True).stdout
     assert artifact.strip() == "dist/app.zip" and (project / "dist" / "app.zip").exists()
+    assert readme_bundle(project, later).returncode == 0
 
 
 def test_readme_provision_commands(aws, capsys, tmp_path):
