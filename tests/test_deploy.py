@@ -271,3 +271,17 @@ def test_instance_policy_arns_follow_the_stacks_partition(monkeypatch, tmp_path)
         custom["DatabaseSecretArn"], custom["DatabaseSecretKmsKeyArn"]]
     assert statements[2]["Condition"] == {"StringEquals": {"kms:ViaService": "secretsmanager.cn-north-1.amazonaws.com.cn"}}
     assert "arn:aws:" not in (ROOT / ".ebextensions/04-instance-role-policy.config").read_text()
+
+
+def test_scripts_run_as_their_shebang_says(tmp_path):
+    """`./scripts/X` starts the first python3 on PATH: one without the project's packages hands
+    over to the project's virtualenv instead of failing with ModuleNotFoundError."""
+    bare = tmp_path / "bare"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    env = {**os.environ, "PATH": f"{bare / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "VENV": str(Path(PYTHON).parent.parent)}
+    for script in ("bundle", "provision", "rehearse-deploy"):
+        result = subprocess.run([str(ROOT / "scripts" / script), "--help"], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-2000:])
+        assert "ModuleNotFoundError" not in result.stderr
