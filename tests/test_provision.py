@@ -42,25 +42,24 @@ def public_and_private_vpc(ec2, cidr="10.0"):
     vpc = ec2.create_vpc(CidrBlock=f"{cidr}.0.0/16")["Vpc"]["VpcId"]
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
-    public_table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
-    ec2.create_route(RouteTableId=public_table, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
-    public = []
-    for i, zone in ((0, "a"), (1, "b")):
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"{cidr}.{i}.0/24",
-                                   AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
-        ec2.associate_route_table(RouteTableId=public_table, SubnetId=subnet)
-        public.append(subnet)
+    public = routed_subnets(ec2, vpc, cidr, (0, 1), GatewayId=igw)
     address = ec2.allocate_address(Domain="vpc")["AllocationId"]
     nat = ec2.create_nat_gateway(SubnetId=public[0], AllocationId=address)["NatGateway"]["NatGatewayId"]
-    private_table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
-    ec2.create_route(RouteTableId=private_table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
-    private = []
-    for i, zone in ((10, "a"), (11, "b")):
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"{cidr}.{i}.0/24",
-                                   AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
-        ec2.associate_route_table(RouteTableId=private_table, SubnetId=subnet)
-        private.append(subnet)
+    private = routed_subnets(ec2, vpc, cidr, (10, 11), NatGatewayId=nat)
     return {"vpc": vpc, "public": public, "private": private, "nat": nat, "igw": igw}
+
+
+def routed_subnets(ec2, vpc, cidr, blocks, **target):
+    """A subnet in each of two zones, sharing a route table whose 0.0.0.0/0 goes to `target`."""
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", **target)
+    subnets = []
+    for block, zone in zip(blocks, "ab"):
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"{cidr}.{block}.0/24",
+                                   AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
+        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+        subnets.append(subnet)
+    return subnets
 
 
 def default_vpc(ec2):
