@@ -104,8 +104,14 @@ def test_readme_rehearsal_command_passes_on_what_ships():
     assert result.returncode == 0, output
     for step in ("checks passed", "cfn-lint: 2 resource(s), no findings", "checkov:", "none failed",
                  "parliament: 1 IAM policy document(s), no findings",
-                 "hooks/prebuild/01_rds_ca_bundle.sh: ok", "container_commands.01_bootstrap_user (leader_only): ok",
-                 "container_commands.02_migrate (leader_only): ok",
+                 "hooks/prebuild/01_rds_ca_bundle.sh: ok",
+                 # A first deploy: the leader creates the app's user with the master secret.
+                 'container_commands.01_bootstrap_user (leader_only): ok {"event": "bootstrap", '
+                 '"user": "app_first_deploy", "database": "ebdb", "created": true}',
+                 'container_commands.02_migrate (leader_only): ok {"event": "migrate", "applied": ["0001',
+                 "02-database-options.config: DatabaseSecurityGroupId, DatabaseResourceId, DatabaseSecretArn, "
+                 "DatabaseSecretKmsKeyArn not set for a real database; scripts/bundle refuses",
+                 "https: not configured",
                  "hooks/postdeploy/01_smoke_check.sh: ok", "DB_SSL_MODE=verify-identity",
                  "confighooks/postdeploy/01_smoke_check.sh: ok", "/health and /api/users: 200"):
         assert step in output, step
@@ -285,3 +291,18 @@ def test_scripts_run_as_their_shebang_says(tmp_path):
                                 text=True, timeout=300)
         assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-2000:])
         assert "ModuleNotFoundError" not in result.stderr
+
+
+def test_the_environment_gets_its_region_from_the_stack():
+    """botocore raises NoRegionError without one and does not ask the instance metadata: 01 sets
+    AWS_REGION with Beanstalk's backtick syntax for functions in option values
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/environments-cfg-softwaresettings.html)."""
+    rehearsal = load_script("rehearse-deploy")
+    import yaml
+
+    doc = yaml.safe_load((ROOT / ".ebextensions/01-environment.config").read_text())
+    value = doc["option_settings"]["aws:elasticbeanstalk:application:environment"]["AWS_REGION"]
+    assert value == '`{"Ref" : "AWS::Region"}`'
+    assert rehearsal.evaluate_option(value, "01") == rehearsal.PSEUDO["AWS::Region"]
+    with pytest.raises(rehearsal.RehearsalError, match="evaluates only Ref"):
+        rehearsal.evaluate_option('`{"Fn::GetAtt" : ["X", "Y"]}`', "01")
