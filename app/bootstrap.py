@@ -2,8 +2,8 @@
 
 A database in a private subnet cannot be reached from the operator's machine, so the first
 deploy's leader-only container commands create the user before the migration needs it. The
-master user's password is read from the RDS-managed master secret named by
-DB_BOOTSTRAP_SECRET_ID, through a grant that scripts/provision makes expire (hours, not
+master user's password is read from the RDS-managed master secret of the database named by
+DB_BOOTSTRAP_DB_ARN, through a grant that scripts/provision makes expire (hours, not
 forever). The app's own credentials are tried first: once they work, the master secret is
 never read again, so later deploys do not need that grant.
 
@@ -23,7 +23,8 @@ import mysql.connector
 from mysql.connector import errorcode
 
 from app.config import AuthMode, ConfigError, Settings, SslMode, load_settings
-from app.credentials import CredentialProvider, complete_settings, provider_for
+from app.credentials import (CredentialProvider, aws_error, complete_settings, managed_master_secret,
+                             provider_for)
 from app.db.connection import ConnectionOpener
 
 # Enough to serve the API and run its migrations, on the app's database only.
@@ -41,9 +42,9 @@ def user_sql(database: str, user: str, *, iam: bool, password: str | None,
              require_ssl: bool = True) -> list[tuple[str, tuple]]:
     """CREATE DATABASE, CREATE USER and GRANT for the app user, as (statement, parameters).
 
-    Idempotent (IF NOT EXISTS; GRANT adds only what is missing). The password travels as a
-    parameter, never inside the statement text that a log or an error could show.
-    scripts/provision prints the same statements for those who run them by hand.
+    Idempotent (IF NOT EXISTS; GRANT adds only what is missing). The password is a parameter
+    the driver quotes, and no message of ours repeats a statement or the server's text about
+    it. scripts/provision prints the same statements for those who run them by hand.
     """
     if not _NAME.match(database or ""):
         raise ConfigError(f"RDS_DB_NAME: {database!r} cannot be created by the bootstrap; expected "
@@ -76,8 +77,7 @@ def _app_can_connect(settings: Settings, credentials: CredentialProvider) -> mys
 def _create_user(settings: Settings, credentials: CredentialProvider) -> None:
     # The master secret is read like an app secret (its username comes with its password);
     # the session has no default database, which may not exist yet.
-    master = provider_for(settings.model_copy(update={
-        "auth": AuthMode.SECRETS_MANAGER, "secret_id": settings.bootstrap_secret_id, "user": None}))
+    master = managed_master_secret(settings.bootstrap_db_arn)
     master_settings = settings.model_copy(update={"auth": AuthMode.PASSWORD, "database": None})
     password = None
     if settings.auth is not AuthMode.IAM:
@@ -85,9 +85,9 @@ def _create_user(settings: Settings, credentials: CredentialProvider) -> None:
     try:
         conn = ConnectionOpener(master_settings, master)()
     except mysql.connector.Error as err:
-        raise BootstrapError(f"the master secret {settings.bootstrap_secret_id} was refused by the "
-                             f"database (MySQL error {err.errno}); check that it is the master user "
-                             "secret RDS manages for this database") from None
+        raise BootstrapError(f"the master secret {master.secret_id} was refused by the database "
+                             f"(MySQL error {err.errno}); check that DB_BOOTSTRAP_DB_ARN names the "
+                             "database RDS_HOSTNAME points at") from None
     try:
         cursor = conn.cursor()
         for statement, params in user_sql(settings.database, settings.user,
@@ -96,8 +96,9 @@ def _create_user(settings: Settings, credentials: CredentialProvider) -> None:
             cursor.execute(statement, params)
         cursor.close()
     except mysql.connector.Error as err:
-        raise BootstrapError(f"the master user could not create {settings.user!r} (MySQL error "
-                             f"{err.errno}: {err.msg})") from None
+        # err.msg may quote the statement, password included: only the number is shown.
+        raise BootstrapError(f"the master user could not create {settings.user!r} or its grants "
+                             f"(MySQL error {err.errno})") from None
     finally:
         conn.close()
 
@@ -108,13 +109,22 @@ def bootstrap(settings: Settings, credentials: CredentialProvider) -> dict:
     result = {"event": "bootstrap", "user": settings.user, "database": settings.database}
     if refused is None:
         return {**result, "created": False, "reason": "the app's credentials already work"}
-    if not settings.bootstrap_secret_id:
+    if not settings.bootstrap_db_arn:
         raise BootstrapError(
             f"the database refused user {settings.user!r} (MySQL error {refused.errno}) and "
-            "DB_BOOTSTRAP_SECRET_ID is not set: run scripts/provision with --bootstrap-user (the "
+            "DB_BOOTSTRAP_DB_ARN is not set: run scripts/provision with --bootstrap-user (the "
             "leader then creates the user with the RDS-managed master secret), or create the user "
             "with the SQL scripts/provision prints")
-    _create_user(settings, credentials)
+    try:
+        _create_user(settings, credentials)
+    except Exception as err:  # noqa: BLE001 - AWS's failures become a message, others propagate
+        code = aws_error(err)
+        if code is None:
+            raise
+        raise BootstrapError(
+            f"could not read the master secret of {settings.bootstrap_db_arn} ({code}): the grant "
+            "scripts/provision --bootstrap-user gives the instances expires; run it again just "
+            "before deploying") from None
     refused = _app_can_connect(settings, credentials)
     if refused is not None:
         hint = ("the instance role needs rds-db:connect on the DbiResourceId (or cluster/proxy "
@@ -134,6 +144,13 @@ def main(environ=os.environ) -> int:
         done = bootstrap(settings, credentials)
     except (ConfigError, BootstrapError) as err:
         print(f"bootstrap: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - an AWS refusal is a message, anything else a bug
+        code = aws_error(err)
+        if code is None:
+            raise
+        print(f"bootstrap: an AWS call was refused or failed ({code}): check the instance role's "
+              "policy (scripts/provision writes it) and AWS_REGION", file=sys.stderr)
         return 1
     print(json.dumps(done))
     return 0

@@ -72,8 +72,8 @@ EXPECTED = {
     "DB_SSL_CA": f"a path to a PEM bundle of CA certificates (default {DEFAULT_SSL_CA})",
     "DB_SSL_TRUST": "one of: " + ", ".join(t.value for t in SslTrust)
                     + " (rds-proxy adds Amazon's root CAs for RDS Proxy endpoints)",
-    "DB_BOOTSTRAP_SECRET_ID": "the ARN of the RDS-managed master user secret, used once by the "
-                              "leader-only bootstrap to create the app's database user",
+    "DB_BOOTSTRAP_DB_ARN": "the ARN of the RDS instance or Aurora cluster whose RDS-managed master "
+                           "secret the leader-only bootstrap reads once to create the app's database user",
     "DB_POOL_SIZE": "an integer from 1 to 200: connections per worker process",
     "DB_POOL_TIMEOUT": "seconds (> 0) a request waits for a free connection before a 503",
     "DB_POOL_MAX_LIFETIME": "seconds (> 0) after which a connection is closed and replaced",
@@ -102,7 +102,8 @@ class Settings(BaseModel):
     ssl_mode: SslMode = Field(SslMode.REQUIRED, validation_alias="DB_SSL_MODE")
     ssl_ca: str = Field(DEFAULT_SSL_CA, validation_alias="DB_SSL_CA", min_length=1)
     ssl_trust: SslTrust = Field(SslTrust.RDS, validation_alias="DB_SSL_TRUST")
-    bootstrap_secret_id: str | None = Field(None, validation_alias="DB_BOOTSTRAP_SECRET_ID", min_length=1)
+    bootstrap_db_arn: str | None = Field(None, validation_alias="DB_BOOTSTRAP_DB_ARN",
+                                         pattern=r"^arn:aws(-cn|-us-gov)?:rds:[a-z0-9-]+:\d{12}:(db|cluster):[A-Za-z0-9-]+$")
     pool_size: int = Field(8, validation_alias="DB_POOL_SIZE", ge=1, le=200)
     pool_timeout: Seconds = Field(2.0, validation_alias="DB_POOL_TIMEOUT")
     pool_max_lifetime: Seconds = Field(1800.0, validation_alias="DB_POOL_MAX_LIFETIME")

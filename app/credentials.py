@@ -26,7 +26,7 @@ IAM_TOKEN_MAX_AGE = 10 * 60
 SECRET_TTL = 5 * 60
 
 _RDS_REGION = re.compile(r"\.([a-z]{2}(?:-gov)?-[a-z]+-\d)\.rds\.amazonaws\.com(?:\.cn)?$")
-_ARN_REGION = re.compile(r"^arn:aws(?:-cn|-us-gov)?:secretsmanager:([a-z]{2}(?:-gov)?-[a-z]+-\d):")
+_ARN_REGION = re.compile(r"^arn:aws(?:-cn|-us-gov)?:(?:secretsmanager|rds):([a-z]{2}(?:-gov)?-[a-z]+-\d):")
 
 
 @dataclass(frozen=True)
@@ -175,17 +175,18 @@ class IamAuthToken:
 
 
 def region_for(settings: Settings, environ_region: str | None) -> str:
-    """AWS_REGION, else the region in the secret's ARN, else in an RDS (or Proxy) endpoint name.
+    """The secret's region when DB_SECRET_ID is an ARN, else AWS_REGION, else the endpoint's.
 
+    A secret lives in the region its ARN names, whatever region the environment runs in.
     botocore does not ask the instance metadata for a region (NoRegionError), so one of
     these must name it; Beanstalk sets AWS_REGION from 01-environment.config.
     """
-    if environ_region:
-        return environ_region
     if settings.auth is AuthMode.SECRETS_MANAGER:
         match = _ARN_REGION.search(settings.secret_id or "")
         if match:
             return match[1]
+    if environ_region:
+        return environ_region
     match = _RDS_REGION.search(settings.host or "")
     if match:
         return match[1]
@@ -195,6 +196,37 @@ def region_for(settings: Settings, environ_region: str | None) -> str:
                           "to the secret's region, or DB_SECRET_ID to the secret's ARN.")
     raise ConfigError("AWS_REGION: is required (got not set) when DB_AUTH=iam and RDS_HOSTNAME "
                       "is not an *.<region>.rds.amazonaws.com endpoint; set it to the DB's region.")
+
+
+def aws_error(err: BaseException) -> str | None:
+    """The error code of a failed AWS call (AccessDeniedException...), None for anything else."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(err, ClientError):
+        return err.response.get("Error", {}).get("Code", "ClientError")
+    if isinstance(err, BotoCoreError):
+        return type(err).__name__
+    return None
+
+
+def managed_master_secret(db_arn: str) -> SecretsManagerPassword:
+    """The RDS-managed master user secret of an instance or Aurora cluster, by the database's ARN.
+
+    Looked up through RDS rather than named in an environment property: the secret's name
+    (rds!db-...) holds a `!`, and RDS may replace the secret when its management changes.
+    """
+    region = _ARN_REGION.search(db_arn)[1]
+    kind, name = db_arn.rsplit(":", 2)[1:]
+    rds = _client("rds", region)
+    if kind == "cluster":
+        record = rds.describe_db_clusters(DBClusterIdentifier=db_arn)["DBClusters"][0]
+    else:
+        record = rds.describe_db_instances(DBInstanceIdentifier=db_arn)["DBInstances"][0]
+    secret = (record.get("MasterUserSecret") or {}).get("SecretArn")
+    if not secret:
+        raise ConfigError(f"DB_BOOTSTRAP_DB_ARN: {kind} {name} has no RDS-managed master user secret; "
+                          "enable it (--manage-master-user-password) or create the app's user yourself")
+    return SecretsManagerPassword(secret, _client("secretsmanager", region))
 
 
 def _client(service: str, region: str | None):

@@ -41,14 +41,24 @@ def sm(moto_endpoint):
 
 
 @pytest.fixture
-def master(mysql_server, sm):
-    """A master user as RDS creates it (CREATE USER and GRANT OPTION), and its managed secret."""
+def rds(moto_endpoint):
+    return boto3.client("rds", region_name=REGION, endpoint_url=moto_endpoint,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def master(mysql_server, sm, rds):
+    """A master user as RDS creates it (CREATE USER and GRANT OPTION), and the database's
+    RDS-managed master secret holding it (ManageMasterUserPassword)."""
     user, password = f"m_{uuid.uuid4().hex[:8]}", f"Master-{uuid.uuid4().hex}"
     mysql_server.sql([f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'",
                       f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'127.0.0.1' WITH GRANT OPTION"])
-    arn = sm.create_secret(Name=f"rds!db-{uuid.uuid4()}",
-                           SecretString=json.dumps({"username": user, "password": password}))["ARN"]
-    yield {"user": user, "password": password, "arn": arn}
+    instance = rds.create_db_instance(
+        DBInstanceIdentifier=f"db-{uuid.uuid4().hex[:8]}", DBInstanceClass="db.t4g.micro", Engine="mysql",
+        MasterUsername=user, AllocatedStorage=20, ManageMasterUserPassword=True)["DBInstance"]
+    secret = instance["MasterUserSecret"]["SecretArn"]
+    sm.put_secret_value(SecretId=secret, SecretString=json.dumps({"username": user, "password": password}))
+    yield {"user": user, "password": password, "arn": instance["DBInstanceArn"], "secret": secret}
     mysql_server.sql([f"DROP USER IF EXISTS '{user}'@'127.0.0.1'"])
 
 
@@ -78,8 +88,8 @@ def run(module: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def test_first_deploy_creates_the_user_then_the_migration_runs_as_it(mysql_server, master, fresh,
                                                                      moto_endpoint):
-    env = environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_SECRET_ID=master["arn"])
-    assert run("app.migrate", {k: v for k, v in env.items() if k != "DB_BOOTSTRAP_SECRET_ID"}
+    env = environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_DB_ARN=master["arn"])
+    assert run("app.migrate", {k: v for k, v in env.items() if k != "DB_BOOTSTRAP_DB_ARN"}
                ).returncode != 0  # today's failure: 1045, the user does not exist
 
     result = run("app.bootstrap", env)
@@ -98,10 +108,10 @@ def test_first_deploy_creates_the_user_then_the_migration_runs_as_it(mysql_serve
 
 
 def test_later_deploys_never_read_the_master_secret(mysql_server, master, fresh, moto_endpoint, sm):
-    env = environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_SECRET_ID=master["arn"])
+    env = environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_DB_ARN=master["arn"])
     assert run("app.bootstrap", env).returncode == 0
     # The grant to read it expires; without the secret the next deploy must still pass.
-    sm.delete_secret(SecretId=master["arn"], ForceDeleteWithoutRecovery=True)
+    sm.delete_secret(SecretId=master["secret"], ForceDeleteWithoutRecovery=True)
     result = run("app.bootstrap", env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["created"] is False
@@ -114,7 +124,7 @@ def test_secretsmanager_mode_creates_the_user_with_the_apps_secret(mysql_server,
         "engine": "mysql", "host": "127.0.0.1", "port": mysql_server.port,
         "dbname": fresh["database"], "username": fresh["user"], "password": password}))["ARN"]
     env = {"DB_AUTH": "secretsmanager", "DB_SECRET_ID": app_secret, "DB_SSL_MODE": "disabled",
-           "DB_BOOTSTRAP_SECRET_ID": master["arn"], "AWS_ENDPOINT_URL": moto_endpoint,
+           "DB_BOOTSTRAP_DB_ARN": master["arn"], "AWS_ENDPOINT_URL": moto_endpoint,
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     result = run("app.bootstrap", env)
     assert result.returncode == 0, result.stderr
@@ -134,7 +144,7 @@ def test_without_a_bootstrap_secret_a_missing_user_is_a_clear_error(mysql_server
 def test_an_existing_user_with_another_password_is_not_overwritten(mysql_server, master, fresh,
                                                                    moto_endpoint):
     mysql_server.sql([f"CREATE USER '{fresh['user']}'@'%' IDENTIFIED BY 'Someone-Elses-1'"])
-    env = environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_SECRET_ID=master["arn"])
+    env = environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_DB_ARN=master["arn"])
     result = run("app.bootstrap", env)
     assert result.returncode == 1
     assert "still cannot connect (MySQL error 1045)" in result.stderr and "ALTER USER" in result.stderr
@@ -143,13 +153,22 @@ def test_an_existing_user_with_another_password_is_not_overwritten(mysql_server,
     conn.close()  # its password is untouched
 
 
-def test_a_wrong_master_secret_is_named_without_its_password(mysql_server, fresh, moto_endpoint, sm):
-    arn = sm.create_secret(Name=f"rds!db-{uuid.uuid4()}", SecretString=json.dumps(
-        {"username": "admin", "password": "Not-The-Master-1"}))["ARN"]
-    result = run("app.bootstrap", environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_SECRET_ID=arn))
+def test_a_wrong_master_secret_is_named_without_its_password(mysql_server, master, fresh, moto_endpoint, sm):
+    sm.put_secret_value(SecretId=master["secret"], SecretString=json.dumps(
+        {"username": master["user"], "password": "Not-The-Master-1"}))
+    result = run("app.bootstrap", environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_DB_ARN=master["arn"]))
     assert result.returncode == 1
-    assert f"the master secret {arn} was refused by the database (MySQL error 1045)" in result.stderr
+    assert f"the master secret {master['secret']} was refused by the database (MySQL error 1045)" in result.stderr
     assert "Not-The-Master-1" not in result.stderr + result.stdout
+
+
+def test_an_unreadable_master_secret_says_to_renew_the_grant(mysql_server, master, fresh, moto_endpoint, sm):
+    """The grant scripts/provision gives expires: reading the secret after that is refused."""
+    sm.delete_secret(SecretId=master["secret"], ForceDeleteWithoutRecovery=True)  # refused alike
+    result = run("app.bootstrap", environment(mysql_server, fresh, moto_endpoint, DB_BOOTSTRAP_DB_ARN=master["arn"]))
+    assert result.returncode == 1, result.stderr
+    assert f"could not read the master secret of {master['arn']} (ResourceNotFoundException)" in result.stderr
+    assert "run it again just before deploying" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unreachable_database_says_where_to_look(fresh, moto_endpoint, mysql_server):

@@ -306,3 +306,14 @@ def test_the_environment_gets_its_region_from_the_stack():
     assert rehearsal.evaluate_option(value, "01") == rehearsal.PSEUDO["AWS::Region"]
     with pytest.raises(rehearsal.RehearsalError, match="evaluates only Ref"):
         rehearsal.evaluate_option('`{"Fn::GetAtt" : ["X", "Y"]}`', "01")
+
+
+def test_bundle_requires_the_database_options_only_where_resources_read_them(bundle, tmp_path):
+    """02's placeholders fail the stack only through 03 and 04; without them (provision keeps the
+    ingress rule and the policy outside the environment) the bundle is deployable."""
+    refused = run("bundle", "--check", str(bundle))
+    assert refused.returncode == 1 and "DatabaseSecurityGroupId=sg-placeholder" in refused.stderr
+    without = broken_copy(bundle, tmp_path / "without-03-04.zip", lambda name, data, mode: None if name in (
+        ".ebextensions/03-database-ingress.config", ".ebextensions/04-instance-role-policy.config") else (data, mode))
+    accepted = run("bundle", "--check", str(without))
+    assert accepted.returncode == 0, accepted.stderr

@@ -49,12 +49,12 @@ def public_and_private_vpc(ec2, cidr="10.0"):
     return {"vpc": vpc, "public": public, "private": private, "nat": nat, "igw": igw}
 
 
-def routed_subnets(ec2, vpc, cidr, blocks, **target):
+def routed_subnets(ec2, vpc, cidr, blocks, zones="ab", **target):
     """A subnet in each of two zones, sharing a route table whose 0.0.0.0/0 goes to `target`."""
     table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
     ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", **target)
     subnets = []
-    for block, zone in zip(blocks, "ab"):
+    for block, zone in zip(blocks, zones):
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"{cidr}.{block}.0/24",
                                    AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
         ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
@@ -361,6 +361,39 @@ def test_an_rds_proxy_gets_its_own_resource_id_ingress_and_trust(aws, capsys, tm
     assert state(aws)["iam_auth"]["appdb"] is False  # the proxy checks the token, not the instance
 
 
+def test_through_a_proxy_the_database_user_has_the_proxys_password(aws, capsys):
+    """With SECRETS authentication IAM covers only the app-to-proxy leg: the proxy logs in to
+    the database with the password of its secret (UserAuthConfig, RDS API reference)."""
+    proxy, _ = make_proxy(aws)
+    code, out, _ = run(capsys, "--auth", "iam", "--create-role", target=("--db-proxy", "app-proxy"))
+    assert code == 0
+    assert "CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY '<password>' REQUIRE SSL;" in out
+    assert "AWSAuthenticationPlugin" not in out
+    secret = aws["sm"].describe_secret(SecretId="proxy/app")["ARN"]
+    assert f"<password>: the one in the proxy's secret for app (the proxy logs in with it): {secret}" in out
+    code, _, err = run(capsys, "--auth", "iam", "--bootstrap-user", target=("--db-proxy", "app-proxy"))
+    assert code == 2 and "--bootstrap-user works on the database, not through a proxy" in err
+
+
+def test_instances_go_only_where_the_load_balancer_has_a_zone(aws, capsys):
+    """Private subnets in zones a and b, public ones in b and c: a balancer in b and c sends
+    nothing to zone a, so the instances go in the public subnets instead."""
+    ec2 = aws["ec2"]
+    vpc = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    public = routed_subnets(ec2, vpc, "10.7", (0, 1), zones="bc", GatewayId=igw)
+    nat = ec2.create_nat_gateway(SubnetId=public[0], AllocationId=ec2.allocate_address(Domain="vpc")[
+        "AllocationId"])["NatGateway"]["NatGatewayId"]
+    private = routed_subnets(ec2, vpc, "10.7", (10, 11), zones="ab", NatGatewayId=nat)
+    make_instance(aws, {"vpc": vpc, "private": private, "public": public}, "skewdb")
+    code, out, _ = run(capsys, "--auth", "iam", "--create-role", "--dry-run", target=("--db-instance", "skewdb"))
+    assert code == 0
+    args = eb_create(out)
+    assert flag(args, "--vpc.ec2subnets").split(",") == public == flag(args, "--vpc.elbsubnets").split(",")
+    assert "--vpc.publicip" in args
+
+
 def test_a_proxy_without_iam_auth_is_refused_for_iam_mode(aws, capsys):
     make_proxy(aws, iam_auth="DISABLED")
     code, _, err = run(capsys, "--auth", "iam", "--create-role", target=("--db-proxy", "app-proxy"))
@@ -375,19 +408,22 @@ def test_bootstrap_grant_reads_the_managed_master_secret_for_a_limited_time(aws,
     target = ("--db-instance", "manageddb")
     out = twice(aws, capsys, "--auth", "iam", "--create-role", "--bootstrap-user", target=target)
     document = policy(aws, "app-database-bootstrap")
-    [statement] = document["Statement"]
-    assert (statement["Action"], statement["Resource"]) == ("secretsmanager:GetSecretValue", master)
-    until = datetime.datetime.fromisoformat(statement["Condition"]["DateLessThan"]["aws:CurrentTime"])
-    left = until - datetime.datetime.now(datetime.timezone.utc)
-    assert datetime.timedelta(hours=23) < left <= datetime.timedelta(hours=24)
+    assert [(s["Action"], s["Resource"]) for s in document["Statement"]] == [
+        ("rds:DescribeDBInstances", managed["instance"]["DBInstanceArn"]),  # to find the secret
+        ("secretsmanager:GetSecretValue", master)]
+    for statement in document["Statement"]:
+        until = datetime.datetime.fromisoformat(statement["Condition"]["DateLessThan"]["aws:CurrentTime"])
+        left = until - datetime.datetime.now(datetime.timezone.utc)
+        assert datetime.timedelta(hours=3) < left <= datetime.timedelta(hours=4)
     assert parliament_findings(document) == ""
-    assert f"DB_BOOTSTRAP_SECRET_ID={master}" in out
+    # The database's ARN, not the secret's: a managed secret's name holds a `!` (rds!db-...).
+    assert f"DB_BOOTSTRAP_DB_ARN={managed['instance']['DBInstanceArn']}" in out and "!" not in eb_create(out)[-1]
     assert "run this again without --bootstrap-user" in out
 
     code, out, _ = run(capsys, "--auth", "iam", target=target)
     assert code == 0 and "remove inline policy app-database-bootstrap" in out
     assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == ["app-database-access"]
-    assert "DB_BOOTSTRAP_SECRET_ID" not in out
+    assert "DB_BOOTSTRAP" not in out
 
 
 def test_an_expired_bootstrap_grant_is_renewed(aws, capsys):
@@ -523,20 +559,42 @@ def rehearse_static(project):
                           capture_output=True, text=True, timeout=300)
 
 
+# What creating each kind of resource in .ebextensions asks of the deploying user: without an
+# operations role, Beanstalk's CloudFormation stack acts with the caller's own permissions.
+# The load balancer listener (06) is Beanstalk's own, covered by AdministratorAccess-AWSElasticBeanstalk.
+CALLER_NEEDS = {
+    "AWS::EC2::SecurityGroupIngress": (["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"],
+                                       lambda props, arn: arn("ec2", f"security-group/{props['GroupId']}")),
+    "AWS::IAM::Policy": (["iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy"],
+                         lambda props, arn: arn("iam", f"role/{props['Roles'][0]}", region=False)),
+    "AWS::ElasticLoadBalancingV2::Listener": ([], None),
+}
+
+
 def test_deployer_policy_covers_what_ebextensions_creates(aws, capsys, tmp_path):
+    project = copy_project(tmp_path)
+    options = project / ".ebextensions" / "02-database-options.config"
     path = tmp_path / "deployer-policy.json"
-    code, _, err = run(capsys, "--auth", "iam", "--create-role", "--write-deployer-policy", str(path))
+    code, _, err = run(capsys, "--auth", "iam", "--create-role", "--write-deployer-policy", str(path),
+                       "--write-options", str(options))
     assert code == 0, err
     document = json.loads(path.read_text())
-    grants = {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]}
-    role = f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"
-    assert grants == {
-        "PassTheInstanceRole": ("iam:PassRole", role),
-        "ManageTheDatabaseAccessPolicy": (["iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy"], role),
-        "OpenTheDatabasePortToTheInstances": (
-            ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"],
-            f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/{aws['db_group']}")}
     assert parliament_findings(document) == ""
+    granted = {(action, s["Resource"]) for s in document["Statement"]
+               for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    account = provision.Account(REGION, ACCOUNT, "aws")
+    loaded, resources, _ = rehearsal.load_ebextensions(project)
+    custom = loaded["aws:elasticbeanstalk:customoption"]
+    assert {r["Type"] for _, r in resources.values()} <= set(CALLER_NEEDS), "say what the deployer needs for it"
+    needed = set()
+    for logical_id, (name, resource) in resources.items():
+        actions, resource_arn = CALLER_NEEDS[resource["Type"]]
+        props = rehearsal.resolve(resource, custom, name)["Properties"]
+        needed |= {(action, resource_arn(props, account.arn)) for action in actions}
+    assert needed and needed <= granted, needed - granted
+    role = f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"
+    assert ("iam:PassRole", role) in granted  # eb create passes the instance profile's role to EC2
+    assert granted - needed == {("iam:PassRole", role)}  # and nothing else
 
 
 def test_errors_say_what_to_fix(aws, capsys):

@@ -294,3 +294,7 @@ def test_region_comes_from_the_secret_arn_when_aws_region_is_unset(aws, secret, 
     name = aws.describe_secret(SecretId=secret)["Name"]
     with pytest.raises(ConfigError, match=r"AWS_REGION: is required \(got not set\) when DB_AUTH=secretsmanager"):
         create_app({**env, "DB_SECRET_ID": name})
+    # The secret lives where its ARN says, whatever region the environment runs in.
+    elsewhere = create_app({**env, "AWS_REGION": "us-east-1"})
+    assert elsewhere.extensions["database"].opener.credentials._client.meta.region_name == "eu-west-1"
+    assert elsewhere.test_client().get("/api/users").status_code == 200
