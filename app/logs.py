@@ -44,7 +44,13 @@ class RequestContextFilter(logging.Filter):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send the app's logs to stdout as JSON (Beanstalk streams web.stdout.log to CloudWatch)."""
+    """Send logs to stdout as JSON (Beanstalk streams web.stdout.log to CloudWatch).
+
+    LOG_LEVEL applies to the app's own loggers only: the root logger, and with it botocore
+    and urllib3, stays at WARNING, because at DEBUG botocore logs whole responses, a
+    GetSecretValue's password included, and the signing steps of an IAM token.
+    """
+    logging.getLogger("app").setLevel(level)
     root = logging.getLogger()
     if any(getattr(h, "_app_json", False) for h in root.handlers):
         return
@@ -57,7 +63,6 @@ def configure_logging(level: str = "INFO") -> None:
     ))
     handler.addFilter(RequestContextFilter())
     root.addHandler(handler)
-    root.setLevel(level)
 
 
 def request_id_from(headers) -> str:

@@ -298,3 +298,18 @@ def test_region_comes_from_the_secret_arn_when_aws_region_is_unset(aws, secret, 
     elsewhere = create_app({**env, "AWS_REGION": "us-east-1"})
     assert elsewhere.extensions["database"].opener.credentials._client.meta.region_name == "eu-west-1"
     assert elsewhere.test_client().get("/api/users").status_code == 200
+
+
+def test_debug_logging_never_prints_the_secret(aws, secret, db_user, capsys, monkeypatch):
+    """At LOG_LEVEL=DEBUG botocore would log the GetSecretValue response, password included."""
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if not getattr(h, "_app_json", False)])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    app = create_app(app_env(secret, LOG_LEVEL="DEBUG"))
+    assert app.test_client().get("/api/users").status_code == 200
+    out = capsys.readouterr()
+    assert '"logger": "app.db.connection"' in out.out  # the app's own lines are there
+    assert db_user["password"] not in out.out + out.err
+    assert not logging.getLogger("botocore").isEnabledFor(logging.DEBUG)
