@@ -145,6 +145,22 @@ def test_connections_are_recycled_after_their_max_lifetime(db_env):
     assert credentials.calls == 2  # credentials are asked for each new physical connection
 
 
+def test_a_sub_second_max_lifetime_is_honoured_not_truncated(db_env):
+    """DB_POOL_MAX_LIFETIME=0.5 keeps a connection for half a second, not for no time at all."""
+    pool = make_pool(db_env, size=1, max_lifetime=0.5)
+    lease = pool.borrow()
+    first = lease.connection_id
+    lease.release()
+    lease = pool.borrow()
+    assert lease.connection_id == first  # reused at once
+    lease.release()
+    time.sleep(0.7)
+    lease = pool.borrow()
+    assert lease.connection_id != first  # replaced after its lifetime
+    lease.release()
+    assert pool.stats()["opened"] == 2
+
+
 def test_open_transaction_is_rolled_back_on_return(db_env):
     pool = make_pool(db_env, size=1)
     lease = pool.borrow()

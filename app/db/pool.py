@@ -39,7 +39,7 @@ class ConnectionPool:
         self._creator = creator
         self._pool = QueuePool(
             self._open, pool_size=size, max_overflow=0, timeout=timeout,
-            recycle=int(max_lifetime), reset_on_return=None, pre_ping=False,
+            recycle=max_lifetime, reset_on_return=None, pre_ping=False,  # seconds, fractions kept
         )
         self._lock = threading.Lock()
         self._waiting = 0
