@@ -67,7 +67,8 @@ EXPECTED = {
     "RDS_PASSWORD": "the database password (required when DB_AUTH=password)",
     "DB_AUTH": "one of: " + ", ".join(m.value for m in AuthMode),
     "DB_SECRET_ID": "the name or ARN of an RDS-format secret (required when DB_AUTH=secretsmanager)",
-    "AWS_REGION": "an AWS region such as eu-west-1 (for IAM tokens, default: from the RDS host name)",
+    "AWS_REGION": "an AWS region such as eu-west-1 (for IAM tokens and Secrets Manager; default: "
+                  "from the secret's ARN or the RDS host name)",
     "DB_SSL_MODE": "one of: " + ", ".join(m.value for m in SslMode),
     "DB_SSL_CA": f"a path to a PEM bundle of CA certificates (default {DEFAULT_SSL_CA})",
     "DB_SSL_TRUST": "one of: " + ", ".join(t.value for t in SslTrust)

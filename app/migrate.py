@@ -99,10 +99,9 @@ def apply(conn, migrations: list[Migration] | None = None,
         cur.close()
 
 
-def latest_version(migrations: list[Migration] | None = None) -> int:
+def latest_version() -> int:
     """The newest migration this code ships: the schema it needs."""
-    migrations = discover() if migrations is None else migrations
-    return max((m.version for m in migrations), default=0)
+    return max((m.version for m in discover()), default=0)
 
 
 def applied_version(lease) -> int:
