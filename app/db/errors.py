@@ -9,6 +9,20 @@ class DatabaseUnavailable(Exception):
     """No connection could be opened or an open one broke: the client should retry later."""
 
 
+class DatabaseMisconfigured(DatabaseUnavailable):
+    """The database or the credential source refused this configuration: retrying won't help.
+
+    Access denied, an unknown database, a missing privilege, a secret that cannot be read.
+    The client still gets a generic 503 (its request was fine); operators get `reason`, a
+    stable code for the log event and /health/ready, and a message that never holds a secret.
+    """
+
+    def __init__(self, message: str, *, reason: str, errno: int | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.errno = errno
+
+
 class PoolTimeout(Exception):
     """Every pooled connection stayed busy for the whole borrow timeout."""
 
