@@ -141,6 +141,43 @@ def test_flask_commands_migrate_and_seed(make_database):
         conn.close()
 
 
+def users(cur):
+    cur.execute("SELECT id, email, name, created_at, updated_at FROM users ORDER BY id")
+    return cur.fetchall()
+
+
+def test_email_key_migration_keeps_rows_and_serves_the_previous_release(make_database):
+    """0002 on a database that 0001 made and the previous release filled."""
+    import mysql.connector
+
+    env = make_database(migrated=False)
+    conn = connect(env)
+    try:
+        first, *later = migrate.discover()
+        assert migrate.apply(conn, [first]) == ["0001_create_users"]
+        cur = conn.cursor()
+        cur.executemany("INSERT INTO users (email, name) VALUES (%s, %s)",
+                        [("Zoe@example.org", "Zoe"), ("ada@example.com", "Ada")])
+        before = users(cur)
+        assert migrate.apply(conn) == ["0002_email_key_case_only"]
+        assert users(cur) == before  # same ids, emails as typed, timestamps untouched
+
+        # The previous release's statements, unchanged, while it still serves (rolling deploy):
+        # it writes email only; the server derives the key.
+        cur.execute("INSERT INTO users (email, name) VALUES ('zoë@example.org', 'Zoë')")
+        with pytest.raises(mysql.connector.IntegrityError) as taken:
+            cur.execute("INSERT INTO users (email, name) VALUES ('ZOE@EXAMPLE.ORG', 'Z')")
+        assert taken.value.errno == 1062
+        cur.execute("UPDATE users SET email = 'ADA@example.com' WHERE email = 'ada@example.com'")
+        cur.execute("SELECT email, email_key FROM users ORDER BY id")
+        assert cur.fetchall() == [("Zoe@example.org", "zoe@example.org"),
+                                  ("ADA@example.com", "ada@example.com"),
+                                  ("zoë@example.org", "zoë@example.org")]
+        cur.close()
+    finally:
+        conn.close()
+
+
 def run_module(module, env, *args):
     """`python -m <module>` as .ebextensions/05 runs it: only the given environment properties."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
