@@ -177,7 +177,11 @@ def main(environ=os.environ) -> int:
     from app.credentials import aws_error, complete_settings, provider_for
     from app.db.connection import ConnectionOpener
     from app.db.errors import DatabaseUnavailable
+    from app.logs import configure_logging
 
+    # Warnings (a credential source's, say) go out as JSON log lines on stdout, like the
+    # app's; stderr keeps only the one line that says why the migration failed.
+    configure_logging("WARNING")
     settings = credentials = None
     try:
         settings = load_settings(environ)

@@ -274,3 +274,16 @@ def test_flask_migrate_failures_are_one_line(migrate_env):
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert errors[0].startswith("Error: cannot reach the database at 127.0.0.1:")
     assert "MySQL error 2003" in errors[0] and "security group" in errors[0]
+
+
+def test_credential_source_failures_print_their_own_message():
+    """The opener raises DatabaseUnavailable/DatabaseMisconfigured for a secret it cannot read:
+    their message already names the cause and the fix, so it is printed as it is, on one line."""
+    from app.db.errors import DatabaseMisconfigured, DatabaseUnavailable
+
+    err = DatabaseMisconfigured("DB_SECRET_ID: access denied\n(AccessDeniedException); fix the role",
+                                reason="secret_access_denied")
+    assert migrate.explain(err, None) == ("DB_SECRET_ID: access denied (AccessDeniedException); "
+                                          "fix the role")
+    assert migrate.explain(DatabaseUnavailable("Secrets Manager timed out"), None) == \
+        "Secrets Manager timed out"
