@@ -116,8 +116,9 @@ def _failed(m: Migration, number: int, total: int, err: mysql.connector.Error) -
     message = (f"{m.version:04d}_{m.name} failed at statement {number} of {total}: "
                f"MySQL error {err.errno}: {_flat(err.msg)}")
     if number > 1:
-        message += (f" (statements 1-{number - 1} took effect, as MySQL commits DDL at once, "
-                    "and the migration is not recorded: make them idempotent or undo them)")
+        before = "statement 1" if number == 2 else f"statements 1-{number - 1}"
+        message += (f" ({before} took effect, as MySQL commits DDL at once, and the migration "
+                    "is not recorded: make them idempotent or undo them)")
     return message
 
 
