@@ -208,6 +208,6 @@ def test_migrate_logs_warnings_as_json_and_fails_in_one_line(mysql_server, fresh
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith("migrate: cannot reach the database at 127.0.0.1:") and "MySQL error 2003" in line
-    [warning] = [json.loads(l) for l in result.stdout.splitlines()]
+    [warning] = [json.loads(entry) for entry in result.stdout.splitlines()]
     assert warning["level"] == "WARNING" and warning["event"] == "config_override"
     assert "Secret-Pw-1" not in result.stdout + result.stderr
