@@ -1,4 +1,9 @@
-"""Application factory: reads like a table of contents, one concern per module."""
+"""Application factory: reads like a table of contents, one concern per module.
+
+As in Flask's tutorial, the modules are imported inside create_app: importing the package
+`app` (which `python -m app.migrate` does first) must not import app.migrate, or runpy warns
+that the module was imported before it ran and two copies of it exist.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,6 @@ import os
 from collections.abc import Mapping
 
 from flask import Flask
-
-from app import cli, db, errors, health, logs, migrate, openapi, users
-from app.config import describe, load_settings
-from app.credentials import complete_settings, provider_for
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -22,15 +23,18 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     process, so importing the app in gunicorn's master before fork is harmless. A bad
     configuration raises ConfigError now, before any request is served.
     """
+    from app import cli, db, errors, health, logs, migrate, openapi, users
+    from app.config import describe, load_settings
+    from app.credentials import complete_settings, provider_for
+
     environ = os.environ if environ is None else environ
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         LOG_LEVEL=environ.get("LOG_LEVEL", "INFO"),
-        JSON_SORT_KEYS=False,
         SCHEMA_VERSION=migrate.latest_version(),  # what /health/ready expects applied
     )
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # keys in the order the code gives them (Flask >= 2.3 reads this)
     app.url_map.strict_slashes = False
     logs.init_app(app)  # first, so that what reading the settings logs is JSON too
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import click
+import mysql.connector
 from flask import Flask, current_app
 
 from app import migrate as migrations
+from app.db.errors import DatabaseUnavailable
 from app.users import repository
 
 SAMPLE_USERS = [
@@ -23,13 +25,16 @@ SAMPLE_USERS = [
 def migrate_command() -> None:
     """Apply pending schema migrations (safe to run on several instances at once)."""
     database = current_app.extensions["database"]
-    conn = database.opener()
     try:
-        done = migrations.apply(conn)
-    except migrations.MigrationError as err:
-        raise click.ClickException(str(err)) from None
-    finally:
-        conn.close()
+        conn = database.opener()
+        try:
+            done = migrations.apply(conn)
+        finally:
+            migrations.close_quietly(conn)
+    except (migrations.MigrationError, DatabaseUnavailable, mysql.connector.Error) as err:
+        # One line, as `python -m app.migrate` prints it (click adds "Error: ", exits 1).
+        raise click.ClickException(migrations.explain(
+            err, database.settings, database.opener.credentials.description)) from None
     click.echo(json.dumps({"event": "migrate", "applied": done}))
 
 

@@ -7,6 +7,10 @@ instance, is safe. Statements in a file end with `;` at the end of a line.
 
 Each migration must stay compatible with the code version still serving while a deploy
 rolls out (add columns and tables; drop only in a later release).
+
+A failure is one line on stderr naming the cause and what to check, and a non-zero exit
+status (2: the settings are invalid; 1: the database or a migration failed): it is read in
+Beanstalk's deployment log, where a traceback hides the one line that matters.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import mysql.connector
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 LOCK_TIMEOUT_SECONDS = 120
@@ -86,17 +92,38 @@ def apply(conn, migrations: list[Migration] | None = None,
                         f"migration {m.version:04d}_{m.name} changed after it was applied; "
                         "add a new migration instead of editing an applied one")
                 continue
-            for statement in m.statements():
-                cur.execute(statement)  # DDL commits implicitly in MySQL
+            statements = m.statements()
+            for number, statement in enumerate(statements, 1):
+                try:
+                    cur.execute(statement)  # DDL commits implicitly in MySQL
+                except mysql.connector.Error as err:
+                    raise MigrationError(_failed(m, number, len(statements), err)) from err
             cur.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (m.version, m.name, m.checksum))
             conn.commit()
             done.append(f"{m.version:04d}_{m.name}")
         return done
     finally:
-        cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
-        cur.fetchall()
-        cur.close()
+        try:
+            cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+            cur.fetchall()
+            cur.close()
+        except mysql.connector.Error:
+            pass  # the session broke: the server releases its named locks with it
+
+
+def _failed(m: Migration, number: int, total: int, err: mysql.connector.Error) -> str:
+    message = (f"{m.version:04d}_{m.name} failed at statement {number} of {total}: "
+               f"MySQL error {err.errno}: {_flat(err.msg)}")
+    if number > 1:
+        before = "statement 1" if number == 2 else f"statements 1-{number - 1}"
+        message += (f" ({before} took effect, as MySQL commits DDL at once, and the migration "
+                    "is not recorded: make them idempotent or undo them)")
+    return message
+
+
+def _flat(text) -> str:
+    return " ".join(str(text).split())
 
 
 def latest_version() -> int:
@@ -110,8 +137,6 @@ def applied_version(lease) -> int:
     /health/ready compares it with latest_version(): code running on a schema that is
     behind (a failed or skipped leader-only migration) must not pass a deploy check.
     """
-    import mysql.connector
-
     try:
         rows = lease.query("SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations")
     except mysql.connector.errors.ProgrammingError as err:
@@ -121,28 +146,76 @@ def applied_version(lease) -> int:
     return int(rows[0]["version"])
 
 
+def explain(err: Exception, settings, source: str | None = None) -> str:
+    """One line for the deployment log: what failed and what to check; never a secret.
+
+    The driver's connection messages name the user and host, never the password (1045 says
+    only "using password: YES"); statements quoted in errors are the migration files' own.
+    """
+    if isinstance(err, MigrationError) or not isinstance(err, mysql.connector.Error):
+        return _flat(err)  # MigrationError, DatabaseUnavailable: already say what to fix
+    where = f"{settings.host}:{settings.port}"
+    errno, detail = err.errno, f"MySQL error {err.errno}: {_flat(err.msg)}"
+    if errno in (2003, 2005):  # CR_CONN_HOST_ERROR, CR_UNKNOWN_HOST
+        return (f"cannot reach the database at {where} ({detail}): check RDS_HOSTNAME/RDS_PORT "
+                "and that the database's security group allows the instances' security group")
+    if errno == 1045:  # ER_ACCESS_DENIED_ERROR
+        return (f"the database at {where} refused user {settings.user!r} ({detail}): check "
+                f"RDS_USERNAME and the password source ({source or 'DB_AUTH'})")
+    if errno == 1049:  # ER_BAD_DB_ERROR
+        return (f"the database {settings.database!r} does not exist at {where} ({detail}): "
+                "check RDS_DB_NAME")
+    if errno == 1044:  # ER_DBACCESS_DENIED_ERROR
+        return (f"user {settings.user!r} has no privileges on {settings.database!r} ({detail}): "
+                "check RDS_DB_NAME, or grant them with the SQL scripts/provision prints")
+    if errno == 2026 or (errno == 2055 and "SSL" in str(err.msg)):  # CR_SSL_CONNECTION_ERROR
+        return f"TLS to the database at {where} failed ({detail}): check DB_SSL_MODE/DB_SSL_CA"
+    return f"the database at {where} failed ({detail})"
+
+
 def main(environ=os.environ) -> int:
     from app.config import ConfigError, load_settings
-    from app.credentials import complete_settings, provider_for
+    from app.credentials import aws_error, complete_settings, provider_for
     from app.db.connection import ConnectionOpener
+    from app.db.errors import DatabaseUnavailable
+    from app.logs import configure_logging
 
+    # Warnings (a credential source's, say) go out as JSON log lines on stdout, like the
+    # app's; stderr keeps only the one line that says why the migration failed.
+    configure_logging("WARNING")
+    settings = credentials = None
     try:
         settings = load_settings(environ)
         credentials = provider_for(settings)
         settings = complete_settings(settings, credentials)
+        conn = ConnectionOpener(settings, credentials)()
+        try:
+            done = apply(conn)
+        finally:
+            close_quietly(conn)
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    conn = ConnectionOpener(settings, credentials)()
-    try:
-        done = apply(conn)
-    except MigrationError as err:
         print(f"migrate: {err}", file=sys.stderr)
+        return 2
+    except (MigrationError, DatabaseUnavailable, mysql.connector.Error) as err:
+        print(f"migrate: {explain(err, settings, getattr(credentials, 'description', None))}",
+              file=sys.stderr)
         return 1
-    finally:
-        conn.close()
+    except Exception as err:  # noqa: BLE001 - an AWS refusal is a message, anything else a bug
+        code = aws_error(err)
+        if code is None:
+            raise
+        print(f"migrate: an AWS call was refused or failed ({code}): check the instance role's "
+              "policy (scripts/provision writes it) and AWS_REGION", file=sys.stderr)
+        return 1
     print(json.dumps({"event": "migrate", "applied": done, "database": settings.database}))
     return 0
+
+
+def close_quietly(conn) -> None:
+    try:
+        conn.close()
+    except mysql.connector.Error:
+        pass  # already broken: the error that broke it is the one to report
 
 
 if __name__ == "__main__":

@@ -190,3 +190,24 @@ def test_iam_users_are_created_for_the_rds_plugin(mysql_server, fresh):
     with pytest.raises(mysql.connector.Error) as refused:
         mysql_server.sql([statement.replace("%s", f"'{params[0]}'", 1)])
     assert refused.value.errno == 1524  # ER_PLUGIN_IS_NOT_LOADED, not 1064 (syntax)
+
+
+def test_migrate_logs_warnings_as_json_and_fails_in_one_line(mysql_server, fresh, moto_endpoint, sm):
+    """A warning on the way (here: RDS_USERNAME loses to the secret's username) is a JSON log
+    line on stdout, as the app logs it; stderr holds only the line that says why it failed."""
+    import localdb
+
+    secret = sm.create_secret(Name=f"app/{fresh['user']}", SecretString=json.dumps({
+        "username": fresh["user"], "password": "Secret-Pw-1"}))["ARN"]
+    env = {"DB_AUTH": "secretsmanager", "DB_SECRET_ID": secret, "RDS_USERNAME": "someone_else",
+           "RDS_HOSTNAME": "127.0.0.1", "RDS_PORT": str(localdb.free_port()),
+           "RDS_DB_NAME": fresh["database"], "DB_SSL_MODE": "disabled",
+           "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": REGION}
+    result = run("app.migrate", env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("migrate: cannot reach the database at 127.0.0.1:") and "MySQL error 2003" in line
+    [warning] = [json.loads(entry) for entry in result.stdout.splitlines()]
+    assert warning["level"] == "WARNING" and warning["event"] == "config_override"
+    assert "Secret-Pw-1" not in result.stdout + result.stderr

@@ -1,5 +1,6 @@
 """Migrations: applied once, recorded, safe to run twice and from several instances at once."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,11 @@ import threading
 import pytest
 
 from app import migrate
-from conftest import ROOT, connect
+from conftest import ROOT, ExistingServer, connect
+
+
+SHIPPED = [f"{m.version:04d}_{m.name}" for m in migrate.discover()]
+RECORDED = [(m.version, m.name) for m in migrate.discover()]
 
 
 def tables(env):
@@ -35,12 +40,12 @@ def test_apply_twice_is_idempotent(make_database):
     env = make_database(migrated=False)
     conn = connect(env)
     try:
-        assert migrate.apply(conn) == ["0001_create_users"]
+        assert migrate.apply(conn) == SHIPPED
         assert migrate.apply(conn) == []
     finally:
         conn.close()
     assert {"users", "schema_migrations"} <= tables(env)
-    assert recorded(env) == [(1, "create_users")]
+    assert recorded(env) == RECORDED
 
 
 def test_concurrent_runs_apply_each_migration_once(make_database):
@@ -64,8 +69,8 @@ def test_concurrent_runs_apply_each_migration_once(make_database):
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(results) == [[]] * 5 + [["0001_create_users"]]
-    assert recorded(env) == [(1, "create_users")]
+    assert sorted(results) == [[]] * 5 + [SHIPPED]
+    assert recorded(env) == RECORDED
 
 
 def test_concurrent_processes_via_the_cli(make_database):
@@ -77,7 +82,7 @@ def test_concurrent_processes_via_the_cli(make_database):
     assert [p.returncode for p in procs] == [0] * 4, outputs
     applied = [o[0] for o in outputs if "0001_create_users" in o[0]]
     assert len(applied) == 1
-    assert recorded(env) == [(1, "create_users")]
+    assert recorded(env) == RECORDED
 
 
 def test_edited_migration_is_refused(make_database, tmp_path):
@@ -95,17 +100,16 @@ def test_new_migration_files_apply_in_order(make_database, tmp_path):
     env = make_database(migrated=False)
     for path in migrate.MIGRATIONS_DIR.glob("*.sql"):
         (tmp_path / path.name).write_text(path.read_text())
-    (tmp_path / "0002_add_user_note.sql").write_text(
+    (tmp_path / "9999_add_user_note.sql").write_text(
         "-- additive, so the version still serving keeps working\n"
         "ALTER TABLE users ADD COLUMN note VARCHAR(200) NULL;\n"
         "CREATE INDEX ix_users_name ON users (name);\n")
     conn = connect(env)
     try:
-        assert migrate.apply(conn, migrate.discover(tmp_path)) == ["0001_create_users",
-                                                                    "0002_add_user_note"]
+        assert migrate.apply(conn, migrate.discover(tmp_path)) == SHIPPED + ["9999_add_user_note"]
     finally:
         conn.close()
-    assert recorded(env) == [(1, "create_users"), (2, "add_user_note")]
+    assert recorded(env) == RECORDED + [(9999, "add_user_note")]
 
 
 def test_badly_named_file_is_refused(tmp_path):
@@ -114,10 +118,10 @@ def test_badly_named_file_is_refused(tmp_path):
         migrate.discover(tmp_path)
 
 
-def test_cli_reports_configuration_errors(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "app.migrate"], cwd=ROOT, capture_output=True,
-                            text=True, env={"PATH": os.environ["PATH"]})
-    assert result.returncode == 2 and "RDS_HOSTNAME: is required" in result.stderr
+def test_cli_reports_configuration_errors():
+    result = run_module("app.migrate", {})
+    assert result.returncode == 2, result.stderr  # 2: the settings; 1: the database or a migration
+    assert "RDS_HOSTNAME: is required" in no_traceback(result)
 
 
 def test_flask_commands_migrate_and_seed(make_database):
@@ -135,3 +139,151 @@ def test_flask_commands_migrate_and_seed(make_database):
         assert cur.fetchone()[0] == 5  # seeding twice adds nothing
     finally:
         conn.close()
+
+
+def users(cur):
+    cur.execute("SELECT id, email, name, created_at, updated_at FROM users ORDER BY id")
+    return cur.fetchall()
+
+
+def test_email_key_migration_keeps_rows_and_serves_the_previous_release(make_database):
+    """0002 on a database that 0001 made and the previous release filled."""
+    import mysql.connector
+
+    env = make_database(migrated=False)
+    conn = connect(env)
+    try:
+        first, *later = migrate.discover()
+        assert migrate.apply(conn, [first]) == ["0001_create_users"]
+        cur = conn.cursor()
+        cur.executemany("INSERT INTO users (email, name) VALUES (%s, %s)",
+                        [("Zoe@example.org", "Zoe"), ("ada@example.com", "Ada")])
+        before = users(cur)
+        assert migrate.apply(conn) == ["0002_email_key_case_only"]
+        assert users(cur) == before  # same ids, emails as typed, timestamps untouched
+
+        # The previous release's statements, unchanged, while it still serves (rolling deploy):
+        # it writes email only; the server derives the key.
+        cur.execute("INSERT INTO users (email, name) VALUES ('zoë@example.org', 'Zoë')")
+        with pytest.raises(mysql.connector.IntegrityError) as taken:
+            cur.execute("INSERT INTO users (email, name) VALUES ('ZOE@EXAMPLE.ORG', 'Z')")
+        assert taken.value.errno == 1062
+        cur.execute("UPDATE users SET email = 'ADA@example.com' WHERE email = 'ada@example.com'")
+        cur.execute("SELECT email, email_key FROM users ORDER BY id")
+        assert cur.fetchall() == [("Zoe@example.org", "zoe@example.org"),
+                                  ("ADA@example.com", "ada@example.com"),
+                                  ("zoë@example.org", "zoë@example.org")]
+        cur.close()
+    finally:
+        conn.close()
+
+
+def run_module(module, env, *args):
+    """`python -m <module>` as .ebextensions/05 runs it: only the given environment properties."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={"PATH": os.environ["PATH"], **env})
+
+
+def no_traceback(result):
+    """A failed run that explains itself: no traceback, no warning, nothing on stdout."""
+    assert result.returncode != 0 and result.stdout == "", result
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    return result.stderr
+
+
+def one_line(result):
+    lines = no_traceback(result).splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def migrate_env(make_database):
+    return {**make_database(migrated=False), "DB_CONNECT_TIMEOUT": "3"}
+
+
+@pytest.mark.parametrize("change, code, says", [
+    ({"RDS_PORT": "free"}, 1, ["MySQL error 2003", "RDS_HOSTNAME/RDS_PORT",
+                               "security group allows the instances' security group"]),
+    ({"RDS_HOSTNAME": "db.invalid"}, 1, ["MySQL error 2005", "RDS_HOSTNAME/RDS_PORT"]),
+    ({"RDS_PASSWORD": "Wrong-Password-1"}, 1, ["MySQL error 1045", "RDS_USERNAME",
+                                               "password"]),
+    ({"RDS_DB_NAME": "no_such_db", "admin": True}, 1, ["MySQL error 1049", "RDS_DB_NAME"]),
+    ({"RDS_DB_NAME": "no_such_db"}, 1, ["MySQL error 1044", "RDS_DB_NAME"]),  # not the user's
+    ({"DB_SSL_MODE": "required"}, 1, ["MySQL error 2026", "DB_SSL_MODE", "DB_SSL_CA"]),
+])
+def test_cli_failures_are_one_line_with_the_fix(mysql_server, migrate_env, change, code, says):
+    import localdb
+
+    if change.get("RDS_PORT") == "free":
+        change = {"RDS_PORT": str(localdb.free_port())}
+    if change.pop("admin", False):  # a user with privileges on every database learns it is absent
+        change.update(RDS_USERNAME=getattr(mysql_server, "user", localdb.ADMIN_USER),
+                      RDS_PASSWORD=getattr(mysql_server, "password", localdb.ADMIN_PASSWORD))
+    elif "RDS_DB_NAME" in change and isinstance(mysql_server, ExistingServer):
+        pytest.skip("TEST_DATABASE_URL's user may see every database")
+    result = run_module("app.migrate", {**migrate_env, **change})
+    line = one_line(result)
+    assert result.returncode == code, line
+    assert line.startswith("migrate: ")
+    for phrase in says:
+        assert phrase in line
+    assert "Wrong-Password-1" not in line and migrate_env["RDS_PASSWORD"] not in line
+    assert change.get("RDS_PASSWORD", "?") not in line
+
+
+def test_cli_success_prints_one_json_line_and_no_warning(migrate_env):
+    result = run_module("app.migrate", migrate_env)
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # no RuntimeWarning
+    assert json.loads(result.stdout) == {"event": "migrate", "database": migrate_env["RDS_DB_NAME"],
+                                         "applied": SHIPPED}
+
+
+def test_a_failing_migration_is_named_in_one_line(migrate_env, tmp_path):
+    conn = connect(migrate_env)
+    try:
+        with pytest.raises(migrate.MigrationError) as failed:
+            migrate.apply(conn, [migrate.Migration(1, "broken", "CREATE TABLE a (id INT);\n"
+                                                                "ALTER TABLE nothing ADD x INT;\n")])
+        message = str(failed.value)
+        assert message.startswith("0001_broken failed at statement 2 of 2: MySQL error 1146: ")
+        assert "(statement 1 took effect" in message and "\n" not in message
+        assert recorded(migrate_env) == []  # not recorded: fix it and run again
+        assert migrate.apply(conn, [migrate.Migration(1, "fixed", "CREATE TABLE IF NOT EXISTS a (id INT);\n")]
+                             ) == ["0001_fixed"]  # the session and its lock are fine
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("module", ["app.migrate", "app.bootstrap"])
+def test_modules_run_without_runpy_warning(module):
+    """`python -m app.X` warns if importing the package `app` already imported app.X."""
+    result = run_module(module, {})  # no settings: the configuration error, nothing more
+    assert f"{module[4:]}: Invalid database configuration" in no_traceback(result)
+    assert "RDS_HOSTNAME: is required" in result.stderr
+
+
+def test_flask_migrate_failures_are_one_line(migrate_env):
+    import localdb
+
+    env = {**os.environ, **migrate_env, "RDS_PORT": str(localdb.free_port())}
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "application", "migrate"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()  # the app's JSON log lines go to stdout
+    assert line.startswith("Error: cannot reach the database at 127.0.0.1:")
+    assert "MySQL error 2003" in line and "security group" in line
+
+
+def test_credential_source_failures_print_their_own_message():
+    """The opener raises DatabaseUnavailable/DatabaseMisconfigured for a secret it cannot read:
+    their message already names the cause and the fix, so it is printed as it is, on one line."""
+    from app.db.errors import DatabaseMisconfigured, DatabaseUnavailable
+
+    err = DatabaseMisconfigured("DB_SECRET_ID: access denied\n(AccessDeniedException); fix the role",
+                                reason="secret_access_denied")
+    assert migrate.explain(err, None) == ("DB_SECRET_ID: access denied (AccessDeniedException); "
+                                          "fix the role")
+    assert migrate.explain(DatabaseUnavailable("Secrets Manager timed out"), None) == \
+        "Secrets Manager timed out"

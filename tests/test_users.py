@@ -14,6 +14,10 @@ def create(client, email="ada@example.com", name="Ada"):
     return response.get_json()
 
 
+def post(client, email):
+    return client.post("/api/users", json={"email": email, "name": "X"})
+
+
 def assert_error(response, status, code):
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
@@ -97,6 +101,38 @@ def test_duplicate_email_is_a_conflict_case_insensitively(client):
     assert_error(client.patch(f"/api/users/{other['id']}", json={"email": "ada@example.com"}),
                  409, "email_taken")
     assert client.get(f"/api/users/{other['id']}").get_json()["email"] == "grace@example.com"
+
+
+def test_email_comparison_folds_case_and_nothing_else(client):
+    """README: emails compare case-insensitively. Accents and other letters still count."""
+    create(client, "zoe@example.org", "Zoe")
+    zoe = create(client, "zoë@example.org", "Zoë")  # utf8mb4_unicode_ci ignores accents: 409
+    for taken in ("ZOE@example.org", "Zoë@example.org", "ZOË@EXAMPLE.ORG",
+                  "zoe\u0308@example.org"):  # NFD of zoë: the validator stores NFC
+        assert_error(post(client, taken), 409, "email_taken")
+    # The database's LOWER() is the one definition of case: simple 1:1 mappings (UCA 4.0.0
+    # on MySQL 8 and MariaDB alike); no folding of ß to ss, of width, or of look-alikes.
+    create(client, "straße@example.org", "X")
+    create(client, "strasse@example.org", "X")
+    create(client, "ｚｏｅ@example.org", "X")  # fullwidth letters are not ASCII letters...
+    assert_error(post(client, "ＺＯＥ@example.org"), 409, "email_taken")  # ...but have case
+    create(client, "inci@example.org", "X")
+    create(client, "ınci@example.org", "X")  # dotless ı is a letter of its own
+    for taken in ("INCI@example.org", "İnci@example.org"):  # İ lowers to i
+        assert_error(post(client, taken), 409, "email_taken")
+    assert client.get(f"/api/users/{zoe['id']}").get_json()["email"] == "zoë@example.org"
+
+
+def test_email_changes_follow_the_same_comparison(client):
+    zoe = create(client, "zoe@example.org", "Zoe")
+    other = create(client, "other@example.org", "Other")
+    response = client.patch(f"/api/users/{other['id']}", json={"email": "zoë@example.org"})
+    assert response.status_code == 200, response.get_json()
+    assert_error(client.patch(f"/api/users/{other['id']}", json={"email": "Zoe@example.org"}),
+                 409, "email_taken")
+    # A user may change the case of their own address: it is still the same address.
+    response = client.patch(f"/api/users/{zoe['id']}", json={"email": "Zoe@example.org"})
+    assert response.status_code == 200 and response.get_json()["email"] == "Zoe@example.org"
 
 
 def test_concurrent_creates_of_one_email_make_one_user(app):

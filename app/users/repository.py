@@ -16,7 +16,11 @@ _UPDATABLE = ("email", "name")  # column names are never taken from input
 
 
 class EmailTaken(Exception):
-    """Another user already has this email address."""
+    """Another user already has this email address.
+
+    The server decides, by the unique key on email_key = LOWER(email) (migration 0002): the
+    comparison is defined once, in the schema, and holds for every writer.
+    """
 
 
 def list_users(db: Lease, *, limit: int, after: int) -> list[dict[str, Any]]:
