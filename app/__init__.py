@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from flask import Flask
 
 from app import cli, db, errors, health, logs, migrate, openapi, users
+from app import auth
 from app.config import describe, load_settings
 from app.credentials import complete_settings, provider_for
 
@@ -39,6 +40,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     settings = complete_settings(settings, credentials)
 
     errors.init_app(app)
+    auth.init_app(app, settings)  # API keys, as API_AUTH says
     db.init_app(app, db.Database(settings, credentials))
     logging.getLogger(__name__).info(
         "database settings", extra={"event": "startup", **describe(settings),
