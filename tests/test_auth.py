@@ -136,6 +136,16 @@ def test_reads_per_mode(make_app):
     assert unset.delete(f"/api/users/{user_id}").status_code == 204
 
 
+def test_off_says_so_and_reads_no_secret(make_app, caplog):
+    with caplog.at_level("WARNING", logger="app.auth"):
+        # A secret that exists nowhere, and no region: with API_AUTH off nothing asks AWS.
+        make_app(API_AUTH="off", API_KEYS_SECRET_ID="app/api-keys")
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "api_auth"]
+    assert record.levelname == "WARNING" and record.mode == "off"
+    assert record.ignored == ["API_KEYS_SECRET_ID"]
+    assert "anyone who can reach the app may read, change and delete users" in record.getMessage()
+
+
 def test_health_openapi_preflight_and_unknown_routes_stay_open(make_app):
     client = make_app(API_AUTH="all", API_KEY_SHA256=digest(secrets.token_urlsafe(32))).test_client()
     assert client.get("/health").status_code == 200
