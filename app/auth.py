@@ -90,7 +90,7 @@ class KeyDigests:
     """
 
     def __init__(self, fixed: tuple[str, ...], secret_id: str | None = None,
-                 read: Callable[[], str] | None = None, ttl: float = SECRET_TTL,
+                 read: Callable[[], str | None] | None = None, ttl: float = SECRET_TTL,
                  retry: float = SECRET_RETRY, clock: Callable[[], float] | None = None):
         self.fixed = fixed
         self.secret_id = secret_id
@@ -112,7 +112,7 @@ class KeyDigests:
                 raise ConfigError(
                     f"API_KEYS_SECRET_ID: cannot read secret {secret_id} ({code}); check the name and "
                     "region, and that the instance role may call secretsmanager:GetSecretValue on it "
-                    "(ApiKeysSecretName in .ebextensions/02-database-options.config)") from None
+                    "(ApiKeysSecretName in .ebextensions/01-environment.config)") from None
             self._next_read = self.clock() + ttl
 
     def _fetch(self) -> tuple[str, ...]:

@@ -274,7 +274,7 @@ def complete_settings(settings: Settings, provider: CredentialProvider) -> Setti
     return settings.model_copy(update=filled)
 
 
-def secret_reader(secret_id: str, region: str | None, variable: str) -> Callable[[], str]:
+def secret_reader(secret_id: str, region: str | None, variable: str) -> Callable[[], str | None]:
     """A function returning the AWSCURRENT SecretString of a secret that is not the database's.
 
     For the API keys' digests (app/auth.py caches and parses them). The secret's own region
@@ -294,7 +294,7 @@ def secret_reader(secret_id: str, region: str | None, variable: str) -> Callable
         "secretsmanager", region_name=region,
         config=Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}))
 
-    def read() -> str:
-        return client.get_secret_value(SecretId=secret_id)["SecretString"]
+    def read() -> str | None:
+        return client.get_secret_value(SecretId=secret_id).get("SecretString")  # None: a binary secret
 
     return read

@@ -251,6 +251,8 @@ def test_startup_names_what_is_wrong_with_the_secret(make_app, aws, db_env):
     message = config_error(make_app, **env)
     assert "api_key_sha256 item(s) [1] are not SHA-256 hex digests (not shown)" in message
     assert key not in message
+    aws.put_secret_value(SecretId="app/api-keys", SecretBinary=b"\x00")
+    assert "is not a JSON object with a list" in config_error(make_app, **env)
     aws.put_secret_value(SecretId="app/api-keys", SecretString=secret([]))
     assert "lists no digest and API_KEY_SHA256 is not set" in config_error(make_app, **env)
 
