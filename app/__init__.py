@@ -23,7 +23,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     process, so importing the app in gunicorn's master before fork is harmless. A bad
     configuration raises ConfigError now, before any request is served.
     """
-    from app import cli, db, errors, health, logs, migrate, openapi, users
+    from app import auth, cli, db, errors, health, logs, migrate, openapi, users
     from app.config import describe, load_settings
     from app.credentials import complete_settings, provider_for
 
@@ -43,6 +43,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     settings = complete_settings(settings, credentials)
 
     errors.init_app(app)
+    auth.init_app(app, settings)  # API keys, as API_AUTH says
     db.init_app(app, db.Database(settings, credentials))
     logging.getLogger(__name__).info(
         "database settings", extra={"event": "startup", **describe(settings),

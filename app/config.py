@@ -81,6 +81,11 @@ EXPECTED = {
     "DB_POOL_IDLE_PING": "seconds (>= 0) a connection may sit idle before it is pinged on borrow",
     "DB_CONNECT_TIMEOUT": "whole seconds (1-3600) to wait when opening a connection",
     "DB_READ_TIMEOUT": "whole seconds (1-3600) to wait for a query result",
+    "API_AUTH": "one of: off, writes, all (which /api requests need an API key; "
+                ".ebextensions sets all)",
+    "API_KEY_SHA256": "comma-separated SHA-256 hex digests (64 hex characters each) of the "
+                      "accepted API keys, as scripts/new-api-key prints them",
+    "API_KEYS_SECRET_ID": 'the name or ARN of a secret holding {"api_key_sha256": [digests]}',
 }
 
 
@@ -111,6 +116,12 @@ class Settings(BaseModel):
     pool_idle_ping: float = Field(30.0, validation_alias="DB_POOL_IDLE_PING", ge=0, le=3600)
     connect_timeout: WholeSeconds = Field(5, validation_alias="DB_CONNECT_TIMEOUT")
     read_timeout: WholeSeconds = Field(30, validation_alias="DB_READ_TIMEOUT")
+    # API keys (app/auth.py). Off when unset, for the local quick start; the deployment's
+    # .ebextensions/01-environment.config sets all.
+    api_auth: str = Field("off", validation_alias="API_AUTH", pattern=r"^(off|writes|all)$")
+    api_key_sha256: str | None = Field(None, validation_alias="API_KEY_SHA256")
+    api_keys_secret_id: str | None = Field(None, validation_alias="API_KEYS_SECRET_ID",
+                                           min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +171,35 @@ class Settings(BaseModel):
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _api_keys_needed(self) -> Settings:
+        """Digests only, never a key (nor anything that may be one) in the message."""
+        problems = []
+        items = [i.strip() for i in (self.api_key_sha256 or "").split(",") if i.strip()]
+        for number, item in enumerate(items, 1):
+            if not _is_sha256_hex(item):
+                problems.append(
+                    f"API_KEY_SHA256: item {number} of {len(items)} is not a SHA-256 hex digest (got "
+                    f"{len(item)} characters, not shown); expected {EXPECTED['API_KEY_SHA256']}. "
+                    "Put the digest there, never the key itself")
+        if self.api_auth != "off" and not (items or self.api_keys_secret_id):
+            problems.append(
+                f"API_AUTH={self.api_auth} needs API_KEY_SHA256 or API_KEYS_SECRET_ID (got neither); "
+                "make a key with scripts/new-api-key and set its digest, or set API_AUTH=off to "
+                "serve without keys (never on the internet)")
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    @property
+    def api_key_hashes(self) -> tuple[str, ...]:
+        """API_KEY_SHA256's digests, lower-case (the secret's come through app/auth.py)."""
+        return tuple(i.strip().lower() for i in (self.api_key_sha256 or "").split(",") if i.strip())
+
+
+def _is_sha256_hex(value: str) -> bool:
+    return len(value) == 64 and not value.strip("0123456789abcdefABCDEF")
 
 
 _FIELD_TO_VAR = {

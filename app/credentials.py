@@ -272,3 +272,29 @@ def complete_settings(settings: Settings, provider: CredentialProvider) -> Setti
         raise ConfigError(", ".join(missing) + ": not set in the environment nor in the secret "
                           f"{provider.secret_id}; set them as environment properties.")
     return settings.model_copy(update=filled)
+
+
+def secret_reader(secret_id: str, region: str | None, variable: str) -> Callable[[], str | None]:
+    """A function returning the AWSCURRENT SecretString of a secret that is not the database's.
+
+    For the API keys' digests (app/auth.py caches and parses them). The secret's own region
+    wins when `secret_id` is an ARN. Short timeouts: a request that refreshes the cache must
+    not hang for botocore's default minute when Secrets Manager is slow.
+    """
+    match = _ARN_REGION.search(secret_id)
+    region = match[1] if match else region
+    if not region:
+        raise ConfigError(f"AWS_REGION: is required (got not set) when {variable} ({secret_id}) is a "
+                          f"name, not an ARN; set AWS_REGION to the secret's region, or {variable} to "
+                          "the secret's ARN.")
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "secretsmanager", region_name=region,
+        config=Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}))
+
+    def read() -> str | None:
+        return client.get_secret_value(SecretId=secret_id).get("SecretString")  # None: a binary secret
+
+    return read

@@ -113,7 +113,9 @@ def test_readme_rehearsal_command_passes_on_what_ships():
                  "DatabaseSecretKmsKeyArn not set for a real database; scripts/bundle refuses",
                  "https: not configured",
                  "hooks/postdeploy/01_smoke_check.sh: ok", "DB_SSL_MODE=verify-identity",
-                 "confighooks/postdeploy/01_smoke_check.sh: ok", "/health and /api/users: 200"):
+                 "confighooks/postdeploy/01_smoke_check.sh: ok", "/health and /api/users: 200",
+                 "API_AUTH=all: every /api request needs an API key",
+                 "API_AUTH=all: POST /api/users without a key: 401"):
         assert step in output, step
 
 
@@ -225,6 +227,10 @@ BREAKAGES = {
         _replace(".ebextensions/01-environment.config", b'PORT: "8000"', b'PORT: "9000"'),
         [".platform/nginx/conf.d/elasticbeanstalk/01_api.conf: /api/ proxies to port 8000 but PORT is 9000",
          "change both"]),
+    "API_AUTH dropped: an open write endpoint": (
+        _replace(".ebextensions/01-environment.config", b"    API_AUTH: all\n", b""),
+        [".ebextensions/01-environment.config: API_AUTH is 'off': anyone who reaches the load balancer "
+         "could change and delete users", "set API_AUTH: all"]),
     "wrong WSGI path": (
         _replace("Procfile", b"application:application", b"app:application"),
         ["Procfile: the WSGI path app:application does not load",
@@ -272,11 +278,49 @@ def test_instance_policy_arns_follow_the_stacks_partition(monkeypatch, tmp_path)
               "DatabaseSecretArn": "arn:aws-cn:secretsmanager:cn-north-1:210987654321:secret:app-AbCdEf",
               "DatabaseSecretKmsKeyArn": "arn:aws-cn:kms:cn-north-1:210987654321:key/none"}
     statements = rehearsal.resolve(resource, custom, name, literal_getatt=True)["Properties"]["PolicyDocument"]["Statement"]
+    account = rehearsal.PSEUDO["AWS::AccountId"]
     assert [s["Resource"] for s in statements] == [
-        f"arn:aws-cn:rds-db:cn-north-1:{rehearsal.PSEUDO['AWS::AccountId']}:dbuser:none/app",
-        custom["DatabaseSecretArn"], custom["DatabaseSecretKmsKeyArn"]]
+        f"arn:aws-cn:rds-db:cn-north-1:{account}:dbuser:none/app",
+        custom["DatabaseSecretArn"], custom["DatabaseSecretKmsKeyArn"],
+        # No API keys' secret (ApiKeysSecretName's default): a grant of nothing.
+        f"arn:aws-cn:secretsmanager:cn-north-1:{account}:secret:none-??????"]
     assert statements[2]["Condition"] == {"StringEquals": {"kms:ViaService": "secretsmanager.cn-north-1.amazonaws.com.cn"}}
     assert "arn:aws:" not in (ROOT / ".ebextensions/04-instance-role-policy.config").read_text()
+    # With one, that secret by name: its ARN ends in -<6 random characters>.
+    custom["ApiKeysSecretName"] = "app/api-keys"
+    statements = rehearsal.resolve(resource, custom, name, literal_getatt=True)["Properties"]["PolicyDocument"]["Statement"]
+    assert statements[3] == {"Sid": "ReadTheApiKeysSecret", "Effect": "Allow",
+                             "Action": "secretsmanager:GetSecretValue",
+                             "Resource": f"arn:aws-cn:secretsmanager:cn-north-1:{account}:secret:app/api-keys-??????"}
+
+
+def test_a_fresh_deployment_is_not_an_open_endpoint(db_env):
+    """01's environment properties, as a fresh `eb create` gets them: no key, no start; with the
+    digest of one, every /api request without it is refused and /health stays open."""
+    import hashlib
+    import secrets
+
+    import yaml
+
+    from app import create_app
+    from app.config import ConfigError
+
+    doc = yaml.safe_load((ROOT / ".ebextensions/01-environment.config").read_text())
+    shipped = {k: v for k, v in doc["option_settings"]["aws:elasticbeanstalk:application:environment"].items()
+               if not k.startswith("DB_SSL_") and k != "AWS_REGION"}  # TLS: the test database has none
+    assert shipped["API_AUTH"] == "all"
+    with pytest.raises(ConfigError, match="API_AUTH=all needs API_KEY_SHA256 or API_KEYS_SECRET_ID"):
+        create_app({**shipped, **db_env})
+    key = secrets.token_urlsafe(32)
+    app = create_app({**shipped, **db_env, "API_KEY_SHA256": hashlib.sha256(key.encode()).hexdigest()})
+    try:
+        client = app.test_client()
+        assert client.post("/api/users", json={"email": "a@example.com", "name": "A"}).status_code == 401
+        assert client.get("/api/users").status_code == 401
+        assert client.get("/health").status_code == 200
+        assert client.get("/api/users", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    finally:
+        app.extensions["database"].dispose()
 
 
 def test_scripts_run_as_their_shebang_says(tmp_path):

@@ -24,7 +24,7 @@ def test_first_two_commands_run_the_app_and_the_tests():
 
 
 def test_every_setting_is_documented():
-    table = {m[1] for m in re.finditer(r"^\| `([A-Z_]+)` \|", README, re.MULTILINE)}
+    table = {m[1] for m in re.finditer(r"^\| `([A-Z0-9_]+)` \|", README, re.MULTILINE)}
     gunicorn_vars = set(re.findall(r'_int\(\s*"([A-Z_]+)"', (ROOT / "gunicorn.conf.py").read_text()))
     gunicorn_vars |= set(re.findall(r"_int\('([A-Z_]+)'", (ROOT / "gunicorn.conf.py").read_text()))
     assert gunicorn_vars == {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"}
