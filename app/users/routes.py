@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, url_for
 from pydantic import TypeAdapter
-from werkzeug.routing import BaseConverter, ValidationError
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import BaseConverter
 
 from app.db import get_db
 from app.errors import APIError
@@ -25,7 +26,9 @@ class IdConverter(BaseConverter):
     def to_python(self, value: str) -> int:
         number = int(value)
         if number > ID_MAX:
-            raise ValidationError()
+            # Not ValidationError: Werkzeug would then report the path's other methods and
+            # answer DELETE /api/users/18446744073709551616 with 405 instead of 404.
+            raise NotFound()
         return number
 
     def to_url(self, value: int) -> str:
