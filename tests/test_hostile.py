@@ -13,14 +13,14 @@ Choices these tests pin down (README, "Errors"):
 from __future__ import annotations
 
 import json
+import re
 import socket
 import uuid
 
 import pytest
-import requests
 
 import conftest
-from app import migrate
+from app import create_app, migrate
 from conftest import connect
 
 SEED = {"email": "ada@example.com", "name": "Ada"}  # always id 1 in a fresh database
@@ -38,11 +38,34 @@ def table(env) -> list[tuple]:
         conn.close()
 
 
-@pytest.fixture
-def seeded(client, db_env):
-    response = client.post("/api/users", json=SEED)
-    assert response.status_code == 201 and response.get_json()["id"] == 1
-    return client, db_env
+@pytest.fixture(scope="module")
+def module_env(mysql_server):
+    """One migrated database for the module, holding SEED as user 1.
+
+    Shared on purpose: every case that uses it is a request that must change nothing, and
+    each one checks that it did not.
+    """
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    mysql_server.create_database(name)
+    env = mysql_server.environ(name)
+    conn = connect(env)
+    try:
+        migrate.apply(conn)
+        conn.cursor().execute("INSERT INTO users (email, name) VALUES (%s, %s)",
+                              (SEED["email"], SEED["name"]))
+    finally:
+        conn.close()
+    yield env
+    mysql_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
+
+
+@pytest.fixture(scope="module")
+def seeded(module_env):
+    app = create_app({**module_env, "DB_POOL_TIMEOUT": "0.5", "DB_CONNECT_TIMEOUT": "2"})
+    app.config["TESTING"] = True
+    assert table(module_env)[0][:3] == (1, SEED["email"], SEED["name"])
+    yield app.test_client(), module_env
+    app.extensions["database"].dispose()
 
 
 def assert_json_error(status: int, content_type: str, body: bytes, expected_status: int, code: str):
@@ -362,22 +385,12 @@ SERVER_REJECTED = [
 
 
 @pytest.fixture(scope="module")
-def served(mysql_server, tmp_path_factory):
-    """One gunicorn for the module's raw-HTTP cases, on a database of its own."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    mysql_server.create_database(name)
-    env = mysql_server.environ(name)
-    conn = connect(env)
-    try:
-        migrate.apply(conn)
-    finally:
-        conn.close()
-    server = conftest.Gunicorn({**env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2"},
+def served(module_env, tmp_path_factory):
+    """One gunicorn (the Procfile command) for the module's raw-HTTP cases."""
+    server = conftest.Gunicorn({**module_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2"},
                                tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
-    assert requests.post(server.url + "/api/users", json=SEED, timeout=10).status_code == 201
-    yield server, env
+    yield server, module_env
     server.stop()
-    mysql_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
 
 
 @pytest.mark.parametrize("request_bytes, status, code", SERVER_REJECTED)
@@ -406,3 +419,18 @@ def test_chunked_bodies_within_the_limit_work_through_gunicorn(served):
     assert status == 201, response
     assert json.loads(response)["name"] == "Chunked"
     assert any(row[1] == "chunked@example.com" for row in table(env))
+    exact = b'{"email": "exact@example.com", "name": "x"}'.ljust(BIG)  # the limit itself is fine
+    status, _, response = parse(exchange(server.url, http(
+        "POST", "/api/users", {**JSON, "Transfer-Encoding": "chunked"}, chunked(exact[:9000], exact[9000:]))))
+    assert status == 201, response
+
+
+def test_foreign_host_and_odd_request_ids_are_not_reflected(served):
+    server, _ = served
+    request = http("GET", "/api/users?limit=1", [("X-Request-Id", "\u00e9<script>"),
+                                                ("X-Amzn-Trace-Id", "Root=" + "x" * 300)])
+    answer = exchange(server.url, request.replace(b"Host: 127.0.0.1", b"Host: evil.example"))
+    status, headers, body = parse(answer)
+    assert status == 200 and json.loads(body)["data"][0]["email"] == SEED["email"]
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # a fresh id, not theirs
+    assert b"evil.example" not in answer and b"<script>" not in answer
