@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance,
@@ -23,7 +24,12 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                status_code_conformance)
 
 from app.openapi import document
+from conftest import ROOT
 from test_hostile import table
+
+# Hypothesis caches under ./.hypothesis by default, which `eb deploy` would upload: keep it in
+# .pytest_cache, which .gitignore and .ebignore already leave out.
+set_hypothesis_home_dir(ROOT / ".pytest_cache" / "hypothesis")
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
