@@ -7,7 +7,8 @@ from functools import lru_cache
 from flask import Blueprint, jsonify
 from pydantic import TypeAdapter
 
-from app.users.schemas import ErrorResponse, ListQuery, User, UserCreate, UserPage, UserPatch
+from app.users.schemas import (ID_MAX, ErrorResponse, ListQuery, User, UserCreate, UserPage,
+                               UserPatch)
 
 bp = Blueprint("openapi", __name__)
 
@@ -30,7 +31,9 @@ _COMMON = {"503": _error("Database busy or unavailable.", retry=True),
            "500": _error("Unexpected error.")}
 _BODY = {"400": _error("Body is not valid JSON."), "413": _error("Body too large."),
          "415": _error("Body is not application/json."), "422": _error("Body fails validation.")}
-_ID = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "integer"}}]
+# app/users/routes.py's IdConverter: anything else in the path is 404 not_found.
+_ID = [{"name": "user_id", "in": "path", "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": ID_MAX}}]
 
 
 @lru_cache(maxsize=1)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import APIError
 
@@ -17,9 +19,9 @@ def parse_body(model: type[M]) -> M:
     if request.mimetype != "application/json":
         raise APIError(415, "unsupported_media_type",
                        "Send the body as JSON with Content-Type: application/json.")
-    raw = request.get_data(cache=False)  # werkzeug enforces MAX_CONTENT_LENGTH here (413)
+    raw = _read_body()
     try:
-        return model.model_validate_json(raw)
+        parsed = model.model_validate_json(raw)
     except ValidationError as err:
         errors = err.errors(include_url=False, include_input=False, include_context=False)
         if any(e["type"] == "json_invalid" for e in errors):
@@ -28,12 +30,60 @@ def parse_body(model: type[M]) -> M:
             raise APIError(422, "validation_error", "The body must be a JSON object.",
                            [{"field": "", "message": "expected an object"}]) from None
         raise APIError(422, "validation_error", "The body is not valid.", _details(errors)) from None
+    _reject_duplicate_keys(raw)
+    return parsed
+
+
+def _read_body() -> bytes:
+    """The body, never more than MAX_CONTENT_LENGTH: 413 beyond it, however it was sent.
+
+    Werkzeug answers 413 itself for a Content-Length over the limit, but a chunked body
+    (no Content-Length; gunicorn sets wsgi.input_terminated) is silently cut at the limit,
+    and a cut body can still parse. One more byte from the server's stream tells them apart.
+    """
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    return raw
+
+
+def _reject_duplicate_keys(raw: bytes) -> None:
+    """400 for a key given twice in one object.
+
+    JSON parsers disagree on `{"name": "a", "name": "b"}` (pydantic keeps the last, others the
+    first), so a proxy or audit log and this app could read different values; I-JSON
+    (RFC 7493) forbids duplicates. Runs only on bodies that already validated: small and flat.
+    """
+    def pairs_hook(pairs: list[tuple[str, object]]) -> dict:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise APIError(400, "invalid_json",
+                               f"The body is not valid JSON: the key {json.dumps(key)} "
+                               "appears more than once.")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError):  # pydantic parsed it; the stdlib may be stricter
+        raise APIError(400, "invalid_json", "The body is not valid JSON.") from None
 
 
 def parse_query(model: type[M]) -> M:
-    """Validate the query string: 400 invalid_parameter naming each bad parameter."""
+    """Validate the query string: 400 invalid_parameter naming each bad parameter.
+
+    A parameter given twice (?limit=1&limit=1000) is refused rather than resolved: which of
+    the two a cache, proxy or firewall in front looked at is anyone's guess.
+    """
     if not request.args:
         return model()
+    repeated = [name for name, values in request.args.lists() if len(values) > 1]
+    if repeated:
+        raise APIError(400, "invalid_parameter", "The query string is not valid.",
+                       [{"field": name, "message": "given more than once"} for name in repeated])
     try:
         return model.model_validate(request.args.to_dict(flat=True))
     except ValidationError as err:

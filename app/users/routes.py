@@ -4,14 +4,40 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, url_for
 from pydantic import TypeAdapter
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import BaseConverter
 
 from app.db import get_db
 from app.errors import APIError
 from app.users import repository
-from app.users.schemas import ListQuery, User, UserCreate, UserPage, UserPatch
+from app.users.schemas import ID_MAX, ListQuery, User, UserCreate, UserPage, UserPatch
 from app.validation import parse_body, parse_query
 
+
+class IdConverter(BaseConverter):
+    """A row id in a path: 1 to 2**64-1 (BIGINT UNSIGNED) in ASCII digits, else 404 not_found.
+
+    Werkzeug's `int` converter takes any script's digits: /api/users/١٢٣ was user 123, one
+    user under many URLs. Leading zeros are refused for the same reason.
+    """
+
+    regex = r"[1-9][0-9]{0,19}"
+
+    def to_python(self, value: str) -> int:
+        number = int(value)
+        if number > ID_MAX:
+            # Not ValidationError: Werkzeug would then report the path's other methods and
+            # answer DELETE /api/users/18446744073709551616 with 405 instead of 404.
+            raise NotFound()
+        return number
+
+    def to_url(self, value: int) -> str:
+        return str(int(value))
+
+
 bp = Blueprint("users", __name__, url_prefix="/api/users")
+# Registered before the routes below are added (deferred functions run in order).
+bp.record_once(lambda state: state.app.url_map.converters.update(id=IdConverter))
 
 _user_json = TypeAdapter(User)
 _page_json = TypeAdapter(UserPage)
@@ -25,7 +51,9 @@ def _not_found(user_id: int) -> APIError:
     return APIError(404, "user_not_found", f"No user with id {user_id}.")
 
 
-@bp.get("")
+# merge_slashes=False: Werkzeug would answer //api//users with a 308 redirect to a URL built
+# from the request's Host header; a path with doubled slashes is simply not found.
+@bp.get("", merge_slashes=False)
 def list_users():
     q = parse_query(ListQuery)
     rows = repository.list_users(get_db(), limit=q.limit, after=q.after)
@@ -33,7 +61,7 @@ def list_users():
     return _json(_page_json, {"data": rows, "next_after": next_after})
 
 
-@bp.get("/<int:user_id>")
+@bp.get("/<id:user_id>", merge_slashes=False)
 def get_user(user_id: int):
     user = repository.get_user(get_db(), user_id)
     if user is None:
@@ -41,7 +69,7 @@ def get_user(user_id: int):
     return _json(_user_json, user)
 
 
-@bp.post("")
+@bp.post("", merge_slashes=False)
 def create_user():
     body = parse_body(UserCreate)
     try:
@@ -53,7 +81,7 @@ def create_user():
     return response
 
 
-@bp.patch("/<int:user_id>")
+@bp.patch("/<id:user_id>", merge_slashes=False)
 def update_user(user_id: int):
     body = parse_body(UserPatch)
     try:
@@ -65,7 +93,7 @@ def update_user(user_id: int):
     return _json(_user_json, user)
 
 
-@bp.delete("/<int:user_id>")
+@bp.delete("/<id:user_id>", merge_slashes=False)
 def delete_user(user_id: int):
     if not repository.delete_user(get_db(), user_id):
         raise _not_found(user_id)

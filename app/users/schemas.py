@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Annotated
 
 from typing_extensions import TypedDict
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field,
+                      StringConstraints, model_validator)
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+NAME_MAX = 100  # users.name is VARCHAR(100): characters (code points), as len() counts
+# Characters a name never needs and that corrupt what displays or logs it: C0/C1 controls
+# (NUL, ESC, CR/LF, DEL...), surrogates, line and paragraph separators. Format characters
+# (Cf) stay allowed: ZWJ builds emoji sequences and ZWNJ is needed in Persian and Indic names.
+_FORBIDDEN_IN_NAMES = {"Cc", "Cs", "Zl", "Zp"}
+
+
+def _clean_name(value: str) -> str:
+    """NFC, so that one name has one spelling; then the checks NFC could change."""
+    if any(unicodedata.category(c) in _FORBIDDEN_IN_NAMES for c in value):
+        raise ValueError("must not contain control characters or line breaks")
+    value = unicodedata.normalize("NFC", value)
+    if len(value) > NAME_MAX:  # NFC may lengthen a few scripts' letters (U+0958 -> 2)
+        raise ValueError(f"must be at most {NAME_MAX} characters")
+    return value
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX),
+                 AfterValidator(_clean_name)]
 Email = Annotated[EmailStr, Field(max_length=254)]
+
+# Ids are BIGINT UNSIGNED.
+ID_MAX = 2**64 - 1
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def _ascii_digits(value: object) -> object:
+    """Query numbers are plain digits: int() would also take ' 1', '1_0' and '١٠'."""
+    if isinstance(value, str):
+        if not _DIGITS.fullmatch(value):
+            raise ValueError("must be a whole number written with the digits 0-9")
+        return int(value)
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_ascii_digits)]
 
 
 class UserCreate(BaseModel):
@@ -40,9 +77,10 @@ class ListQuery(BaseModel):
     """Query string of GET /api/users: keyset pagination by id, oldest first."""
 
     model_config = ConfigDict(extra="forbid")
-    limit: int = Field(20, ge=1, le=100, description="Page size (1-100).")
-    after: int = Field(0, ge=0, description="Return users with an id greater than this; "
-                                            "pass the previous page's next_after.")
+    limit: QueryInt = Field(20, ge=1, le=100, description="Page size (1-100).")
+    after: QueryInt = Field(0, ge=0, le=ID_MAX,
+                            description="Return users with an id greater than this; "
+                                        "pass the previous page's next_after.")
 
 
 # Responses are TypedDicts: rows from the repository serialise as they are, with no
