@@ -36,6 +36,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     )
     app.json.sort_keys = False  # keys in the order the code gives them (Flask >= 2.3 reads this)
     app.url_map.strict_slashes = False
+    # Werkzeug would answer //api//users or /health//ready with a 308 redirect to a URL built
+    # from the request's Host header; a path with doubled slashes is simply not found.
+    app.url_map.merge_slashes = False
     logs.init_app(app)  # first, so that what reading the settings logs is JSON too
 
     settings = load_settings(environ)

@@ -27,7 +27,10 @@ def _error(description: str, *, retry: bool = False) -> dict:
     return response
 
 
-_COMMON = {"503": _error("Database busy or unavailable.", retry=True),
+_COMMON = {"401": {**_error("No valid API key (API_AUTH writes or all)."),
+                   "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                    "description": 'Bearer realm="api"'}}},
+           "503": _error("Database busy or unavailable.", retry=True),
            "500": _error("Unexpected error.")}
 _BODY = {"400": _error("Body is not valid JSON."), "413": _error("Body too large."),
          "415": _error("Body is not application/json."), "422": _error("Body fails validation.")}
@@ -76,13 +79,19 @@ def document() -> dict:
                            "responses": {"204": {"description": "Deleted."},
                                          "404": _error("No such user."), **_COMMON}},
             },
-            "/health": {"get": {"operationId": "health", "responses": {
+            "/health": {"get": {"operationId": "health", "security": [], "responses": {
                 "200": {"description": "The process serves requests (no database check)."}}}},
-            "/health/ready": {"get": {"operationId": "ready", "responses": {
+            "/health/ready": {"get": {"operationId": "ready", "security": [], "responses": {
                 "200": {"description": "A pooled database connection works."},
                 "503": {"description": "The database is unreachable."}}}},
         },
-        "components": {"schemas": schemas["$defs"]},
+        # app/auth.py: which requests need the key depends on API_AUTH (off, writes, all).
+        "security": [{"apiKey": []}],
+        "components": {"schemas": schemas["$defs"], "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "A key from scripts/new-api-key. Needed for POST, PATCH and DELETE "
+                           "with API_AUTH=writes, for every /api request with API_AUTH=all (the "
+                           "Beanstalk default), never with off."}}},
     }
 
 

@@ -51,9 +51,7 @@ def _not_found(user_id: int) -> APIError:
     return APIError(404, "user_not_found", f"No user with id {user_id}.")
 
 
-# merge_slashes=False: Werkzeug would answer //api//users with a 308 redirect to a URL built
-# from the request's Host header; a path with doubled slashes is simply not found.
-@bp.get("", merge_slashes=False)
+@bp.get("")
 def list_users():
     q = parse_query(ListQuery)
     rows = repository.list_users(get_db(), limit=q.limit, after=q.after)
@@ -61,7 +59,7 @@ def list_users():
     return _json(_page_json, {"data": rows, "next_after": next_after})
 
 
-@bp.get("/<id:user_id>", merge_slashes=False)
+@bp.get("/<id:user_id>")
 def get_user(user_id: int):
     user = repository.get_user(get_db(), user_id)
     if user is None:
@@ -69,7 +67,7 @@ def get_user(user_id: int):
     return _json(_user_json, user)
 
 
-@bp.post("", merge_slashes=False)
+@bp.post("")
 def create_user():
     body = parse_body(UserCreate)
     try:
@@ -81,7 +79,7 @@ def create_user():
     return response
 
 
-@bp.patch("/<id:user_id>", merge_slashes=False)
+@bp.patch("/<id:user_id>")
 def update_user(user_id: int):
     body = parse_body(UserPatch)
     try:
@@ -93,7 +91,7 @@ def update_user(user_id: int):
     return _json(_user_json, user)
 
 
-@bp.delete("/<id:user_id>", merge_slashes=False)
+@bp.delete("/<id:user_id>")
 def delete_user(user_id: int):
     if not repository.delete_user(get_db(), user_id):
         raise _not_found(user_id)
