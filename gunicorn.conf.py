@@ -68,11 +68,3 @@ class JsonAccessLogger(Logger):
 
 logger_class = JsonAccessLogger
 
-
-def post_fork(server, worker):
-    """With --preload the app (not its pool) exists in the master: make sure the worker
-    builds its own pool instead of touching one created before fork."""
-    app = getattr(server.app, "callable", None)
-    database = getattr(app, "extensions", {}).get("database") if app else None
-    if database is not None:
-        database.pool  # noqa: B018 - creates this process's pool now

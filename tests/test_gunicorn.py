@@ -1,6 +1,8 @@
 """The app under real gunicorn, started with the Procfile command: per-worker pools, load, outages."""
 
 import json
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -144,3 +146,51 @@ def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gu
         assert "Traceback" not in server.output()
     finally:
         db.remove()
+
+
+# gunicorn's own way of running an app with a connection in the master: --preload, the master
+# borrows and keeps a pooled connection before it forks, and workers leave through sys.exit
+# (SIGTERM, max_requests) and are replaced, each replacement inheriting the master's connection.
+HOLDING_MASTER = """
+exec(compile(open("gunicorn.conf.py").read(), "gunicorn.conf.py", "exec"))
+preload_app = True
+_held = []
+
+def when_ready(server):
+    lease = server.app.callable.extensions["database"].borrow()
+    _held.append(lease)
+    server.log.info("master holds connection %s", lease.connection_id)
+"""
+
+
+def processlist_ids(mysql_server, database):
+    rows = mysql_server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}'"])
+    return {row[0] for row in rows}
+
+
+def test_master_connection_survives_workers_that_exit(db_env, start_gunicorn, mysql_server, tmp_path):
+    """A worker that exits must not close (COM_QUIT) the session it inherited from the master."""
+    (tmp_path / "hold.py").write_text(HOLDING_MASTER)
+    env = {**db_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2"}
+    server = start_gunicorn(env, ["--config", str(tmp_path / "hold.py")])
+    [master_id] = [cid for pid, cid in db_connects(server.output()) if pid == server.process.pid]
+    database = env["RDS_DB_NAME"]
+    assert master_id in processlist_ids(mysql_server, database)
+
+    exited: set[int] = set()
+    for _ in range(2):  # SIGTERM: the worker finishes and leaves through sys.exit; gunicorn replaces it
+        current = server.worker_pids(expect=2)
+        assert [r.status_code for r in hammer(server.url + "/api/users", 40, 4)] == [200] * 40
+        for pid in current:
+            os.kill(pid, signal.SIGTERM)
+        exited |= current
+        deadline = time.monotonic() + 20
+        while len(server.worker_pids() - exited) < 2:
+            assert time.monotonic() < deadline, "the workers were not replaced"
+            time.sleep(0.1)
+    assert [r.status_code for r in hammer(server.url + "/api/users", 40, 4)] == [200] * 40
+
+    assert master_id in processlist_ids(mysql_server, database), "a worker's exit closed the master's connection"
+    workers = {cid: pid for pid, cid in db_connects(server.output()) if pid != server.process.pid}
+    assert workers and master_id not in workers  # every worker opened connections of its own
+    assert set(workers.values()) - exited  # the replacements too

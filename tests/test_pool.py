@@ -165,7 +165,7 @@ def test_open_transaction_is_rolled_back_on_return(db_env):
     pool = make_pool(db_env, size=1)
     lease = pool.borrow()
     conn_id = lease.connection_id
-    lease.begin()
+    lease.execute("START TRANSACTION")
     lease.execute("INSERT INTO users (email, name) VALUES ('tx@example.com', 'Tx')")
     assert lease.connection.in_transaction
     lease.release()  # no commit
@@ -173,22 +173,6 @@ def test_open_transaction_is_rolled_back_on_return(db_env):
     assert lease.connection_id == conn_id and not lease.connection.in_transaction
     assert lease.query("SELECT COUNT(*) AS n FROM users") == [{"n": 0}]
     lease.release()
-
-
-def test_connection_of_a_failed_request_is_rolled_back_before_reuse(db_env, monkeypatch):
-    pool = make_pool(db_env, size=1)
-    lease = pool.borrow()
-    lease.query("SELECT 1")
-    conn = lease.connection
-    calls = []
-    real_rollback = conn.rollback
-    monkeypatch.setattr(conn, "rollback", lambda: (calls.append("rollback"), real_rollback()))
-    lease.release(failed=True)
-    assert calls == ["rollback"]
-    lease = pool.borrow()
-    assert lease.connection is conn
-    lease.release()
-    assert calls == ["rollback"]  # the flag does not stick to the next borrower
 
 
 def test_read_leaves_no_transaction_and_costs_no_rollback(db_env, monkeypatch):

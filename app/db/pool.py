@@ -2,16 +2,19 @@
 
 QueuePool gives what mysql-connector's own pool lacks: a borrow that waits (up to a timeout)
 instead of failing at once, recycling by age, and invalidation of broken connections. This
-module adds an idle-time ping, a clean return (rollback only when a transaction or a failure
-needs it, so a plain read costs no extra round trip), statistics, and the translation of
-driver failures into DatabaseUnavailable / PoolTimeout.
+module adds an idle-time ping, a clean return (rollback only when a transaction is open, so a
+plain read costs no extra round trip), fork safety, statistics, and the translation of driver
+failures into DatabaseUnavailable / PoolTimeout.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,11 +28,38 @@ log = logging.getLogger(__name__)
 
 _RETURNED_AT = "returned_at"
 _CURSOR = "cursor"
-_DIRTY = "dirty"
+
+# Every pool of this process, so that a forked child can disarm the connections it inherits.
+_POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+def _disarm_inherited_connections() -> None:
+    for pool in list(_POOLS):
+        pool._disarm()
+
+
+os.register_at_fork(after_in_child=_disarm_inherited_connections)
+
+
+def _disarm(dbapi_conn) -> None:
+    """Make a connection inherited through fork unable to touch the parent's session.
+
+    The child shares the parent's sockets. Whatever closes the connection object in the child
+    (the pool, the garbage collector, interpreter exit after a gunicorn worker's sys.exit)
+    would send COM_QUIT, and the server would end the parent's session. So the driver's
+    session object (C extension) or socket (pure Python) is detached from the connection and
+    kept alive for good: it is never closed, its memory is the child's copy anyway, and the
+    connection object left behind is closed for every use.
+    """
+    for attr in ("_cmysql", "_socket"):
+        session = getattr(dbapi_conn, attr, None)
+        if session is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(session))  # never deallocated
+            setattr(dbapi_conn, attr, None)
 
 
 class ConnectionPool:
-    """Connections for the threads of one process; never use it in a forked child."""
+    """Connections for the threads of one process; a forked child must build its own."""
 
     def __init__(self, creator: Callable[[], Any], *, size: int, timeout: float,
                  max_lifetime: float, idle_ping: float):
@@ -46,6 +76,10 @@ class ConnectionPool:
         self._borrow_timeouts = 0
         self._opened = 0
         self._closed = 0
+        self._pid = os.getpid()
+        self._connections: weakref.WeakSet = weakref.WeakSet()  # open DB-API connections
+        _POOLS.add(self)
+        event.listen(self._pool, "connect", self._on_connect)
         event.listen(self._pool, "checkout", self._on_checkout)
         event.listen(self._pool, "checkin", self._on_checkin)
         event.listen(self._pool, "reset", self._on_reset)
@@ -59,6 +93,8 @@ class ConnectionPool:
         Raises PoolTimeout when all connections stayed busy, DatabaseUnavailable when no
         connection could be opened.
         """
+        if self._pid != os.getpid():
+            raise RuntimeError("this pool belongs to the parent process; build a new one after fork")
         with self._lock:
             self._waiting += 1
         try:
@@ -87,12 +123,20 @@ class ConnectionPool:
         """Close idle connections (connections in use close when returned)."""
         self._pool.dispose()
 
+    def _disarm(self) -> None:
+        """In a forked child: leave every inherited connection to the parent (see _disarm)."""
+        for dbapi_conn in list(self._connections):
+            _disarm(dbapi_conn)
+
     # -- pool events -------------------------------------------------------------------
     def _open(self):
         conn = self._creator()
         with self._lock:
             self._opened += 1
         return conn
+
+    def _on_connect(self, dbapi_conn, _record) -> None:
+        self._connections.add(dbapi_conn)
 
     def _on_checkout(self, dbapi_conn, record, _proxy) -> None:
         """Ping a connection that sat idle long enough for a firewall or the server to drop it."""
@@ -109,14 +153,16 @@ class ConnectionPool:
         if record is not None:
             record.info[_RETURNED_AT] = time.monotonic()
 
-    def _on_reset(self, dbapi_conn, record, _state) -> None:
-        """Give the connection back clean: roll back an open or failed transaction.
+    def _on_reset(self, dbapi_conn, _record, _state) -> None:
+        """Give the connection back clean: roll back a transaction left open.
 
-        In autocommit mode a read leaves no transaction, so the common path sends nothing;
-        the server's status flag (no round trip) tells whether a transaction is still open.
+        A request that fails mid-transaction is answered by the app's error handler, so
+        nothing downstream knows it failed; the server's status flag, which every OK packet
+        carries (no round trip), says whether a transaction is still open, and the rollback
+        releases its row locks before anyone reuses the session. In autocommit mode a read
+        leaves no transaction, so the common path sends nothing.
         """
-        dirty = record.info.pop(_DIRTY, False) if record is not None else False
-        if dirty or dbapi_conn.in_transaction:
+        if self._pid == os.getpid() and dbapi_conn.in_transaction:
             dbapi_conn.rollback()  # if this raises, QueuePool invalidates the connection
 
     def _on_close(self, _dbapi_conn, record) -> None:
@@ -183,31 +229,11 @@ class Lease:
             self._raise(err)
         return cursor.rowcount, cursor.lastrowid
 
-    def begin(self) -> None:
-        try:
-            self._fairy.dbapi_connection.start_transaction()
-        except mysql.connector.Error as err:
-            self._raise(err)
-
-    def commit(self) -> None:
-        try:
-            self._fairy.dbapi_connection.commit()
-        except mysql.connector.Error as err:
-            self._raise(err)
-
-    def rollback(self) -> None:
-        try:
-            self._fairy.dbapi_connection.rollback()
-        except mysql.connector.Error as err:
-            self._raise(err)
-
-    def release(self, failed: bool = False) -> None:
-        """Return the connection; after a failure it is rolled back before anyone reuses it."""
+    def release(self) -> None:
+        """Return the connection (rolled back first if a transaction is still open)."""
         fairy, self._fairy = self._fairy, None
         if fairy is None:  # already released, or invalidated after a connection error
             return
-        if failed:
-            fairy.info[_DIRTY] = True
         fairy.close()
 
     # -- internals ---------------------------------------------------------------------
