@@ -23,6 +23,33 @@ class DatabaseMisconfigured(DatabaseUnavailable):
         self.errno = errno
 
 
+def misconfiguration(error: BaseException) -> DatabaseMisconfigured | None:
+    """The DatabaseMisconfigured a driver error stands for, or None if it is no such error.
+
+    The message is the server's own ("Access denied for user 'app'@'10.0.1.5' (using
+    password: YES)"): it may name the user and host, never a password. It is for the log.
+    """
+    errno = getattr(error, "errno", None)
+    reason = _MISCONFIGURED.get(errno)
+    if reason is None:
+        return None
+    return DatabaseMisconfigured(f"{errno}: {getattr(error, 'msg', None) or error}",
+                                 reason=reason, errno=errno)
+
+
+# Server codes that mean "fix the configuration or the grants", never "retry later".
+_MISCONFIGURED = {
+    1044: "missing_privilege",  # ER_DBACCESS_DENIED_ERROR: no grant on this database (or no such database)
+    1045: "access_denied",  # ER_ACCESS_DENIED_ERROR: wrong user or password, expired token
+    1049: "unknown_database",  # ER_BAD_DB_ERROR
+    1142: "missing_privilege",  # ER_TABLEACCESS_DENIED_ERROR: e.g. INSERT command denied
+    1143: "missing_privilege",  # ER_COLUMNACCESS_DENIED_ERROR
+    1227: "missing_privilege",  # ER_SPECIFIC_ACCESS_DENIED_ERROR
+    1370: "missing_privilege",  # ER_PROCACCESS_DENIED_ERROR
+    1698: "access_denied",  # ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+}
+
+
 class PoolTimeout(Exception):
     """Every pooled connection stayed busy for the whole borrow timeout."""
 

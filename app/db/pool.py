@@ -22,7 +22,7 @@ import mysql.connector
 from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-from app.db.errors import DatabaseUnavailable, PoolTimeout, is_connection_error
+from app.db.errors import DatabaseUnavailable, PoolTimeout, is_connection_error, misconfiguration
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ class ConnectionPool:
         """Return a lease on a healthy connection, waiting up to the pool timeout.
 
         Raises PoolTimeout when all connections stayed busy, DatabaseUnavailable when no
-        connection could be opened.
+        connection could be opened (DatabaseMisconfigured when the server refused the
+        configuration: credentials, database name, grants).
         """
         if self._pid != os.getpid():
             raise RuntimeError("this pool belongs to the parent process; build a new one after fork")
@@ -104,7 +105,8 @@ class ConnectionPool:
                 self._borrow_timeouts += 1
             raise PoolTimeout(f"no free connection within {self.timeout:g}s") from None
         except (mysql.connector.Error, sa_exc.InvalidRequestError) as err:
-            raise DatabaseUnavailable("cannot open a database connection") from err
+            raise (misconfiguration(err)
+                   or DatabaseUnavailable("cannot open a database connection")) from err
         finally:
             with self._lock:
                 self._waiting -= 1
@@ -267,4 +269,7 @@ class Lease:
         if is_connection_error(err):
             self._discard()
             raise DatabaseUnavailable("the database connection failed") from err
+        misconfigured = misconfiguration(err)  # a missing grant: the connection itself is fine
+        if misconfigured is not None:
+            raise misconfigured from err
         raise err
