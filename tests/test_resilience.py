@@ -1,12 +1,50 @@
 """How requests fail, and what they leave behind, when code or the database misbehaves."""
 
-import mysql.connector
+import json
+import time
+import uuid
+
 import pytest
 from flask import Blueprint, jsonify
 
-from app import create_app
-from app.db import get_db
+import faults
+import localdb
+from app import create_app, migrate
+from app.config import load_settings
+from app.credentials import StaticPassword
+from app.db import DatabaseUnavailable, get_db
+from app.db.connection import ConnectionOpener
+from app.db.pool import ConnectionPool
 from conftest import connect
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A server of this module's own: its tests stop it and change its global variables."""
+    server = localdb.LocalServer(basedir=tmp_path_factory.mktemp("own-db")).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_env(own_server):
+    """A fresh migrated database on own_server, used by localdb's APP_USER, which (unlike
+    root or the admin user) has no SUPER / READ ONLY ADMIN: read_only applies to it."""
+    name = f"r_{uuid.uuid4().hex[:10]}"
+    own_server.create_database(name)
+    env = own_server.environ(name)
+    conn = connect(env)
+    try:
+        migrate.apply(conn)
+    finally:
+        conn.close()
+    yield {**env, "DB_CONNECT_TIMEOUT": "2"}
+    own_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
+
+
+def gunicorn_log(server, event):
+    return [json.loads(line) for line in server.output().splitlines()
+            if line.startswith("{") and f'"{event}"' in line]
 
 
 def fault_routes(seen: list) -> Blueprint:
@@ -60,3 +98,57 @@ def test_failed_request_leaves_no_transaction_or_locks_on_its_connection(faulty_
     finally:
         other.close()
     assert client.get("/_test/session").get_json()["users"] == 1
+
+
+def test_write_refused_as_read_only_is_retried_once_on_a_fresh_connection(own_server, own_env):
+    settings = load_settings(own_env)
+    pool = ConnectionPool(ConnectionOpener(settings, StaticPassword(settings.user, settings.password.get_secret_value())),
+                          size=2, timeout=1, max_lifetime=1800, idle_ping=30)
+    lease = pool.borrow()
+    first = lease.connection_id
+    own_server.sql(["SET GLOBAL read_only = 1"])
+    try:
+        with pytest.raises(DatabaseUnavailable) as err:
+            lease.execute("INSERT INTO users (email, name) VALUES ('ro@example.com', 'R')")
+        assert err.value.__cause__.errno == 1290  # what MariaDB 10.11 answers a user without READ ONLY ADMIN
+        lease.release()
+        stats = pool.stats()
+        assert stats["opened"] == 2 and stats["closed"] == 2 and stats["open"] == 0  # both discarded
+    finally:
+        own_server.sql(["SET GLOBAL read_only = 0"])
+    lease = pool.borrow()
+    assert lease.connection_id != first
+    assert lease.execute("INSERT INTO users (email, name) VALUES ('ro@example.com', 'R')")[0] == 1
+    lease.release()
+    pool.dispose()
+
+
+def test_read_only_writer_answers_503_only_while_read_only(own_server, own_env, start_gunicorn):
+    """A failover leaves the writer read-only for a while: clean 503s, then writes at once."""
+    env = {**own_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "DB_POOL_SIZE": "2"}
+    server = start_gunicorn(env)
+    url = server.url + "/api/users"
+    write = lambda n: faults.send("POST", url, json={"email": f"w{n}@example.com", "name": "W"})
+    refused = lambda o: o.status == 503
+
+    with faults.Load(write, threads=4) as load:
+        load.wait_for(faults.ok, 20)
+        read_only_from = time.monotonic()
+        own_server.sql(["SET GLOBAL read_only = 1"])
+        try:
+            load.wait_for(refused, 10, since=read_only_from)
+        finally:
+            own_server.sql(["SET GLOBAL read_only = 0"])
+        writable_from = time.monotonic()
+        load.wait_for(faults.ok, 20, since=writable_from + 1)
+    outcomes = load.outcomes
+    print(faults.summary(outcomes, writable_from))
+
+    assert all(faults.ok(o) or o.is_clean_503 for o in outcomes), faults.summary(outcomes)
+    for o in outcomes:
+        if o.status == 503:  # only while read-only
+            assert o.code == "database_unavailable" and o.retry_after == "5"
+            assert o.ended >= read_only_from and o.started <= writable_from
+    assert all(faults.ok(o) for o in outcomes if o.started >= writable_from + 1)
+    assert {r["errno"] for r in gunicorn_log(server, "db_write_refused")} == {1290}
+    assert "Traceback" not in server.output()

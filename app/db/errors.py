@@ -68,6 +68,29 @@ def is_connection_error(error: BaseException) -> bool:
     )
 
 
+def is_read_only(error: BaseException) -> bool:
+    """True when the server refused a write because it is read-only.
+
+    What a writer says after an Aurora or Multi-AZ failover demoted it, or a reader
+    endpoint: MySQL and MariaDB 1290 (ER_OPTION_PREVENTS_STATEMENT, "running with the
+    --read-only option"; MariaDB 10.11 answers that to a user without READ ONLY ADMIN,
+    measured here with SET GLOBAL read_only=1), MariaDB 1836 (ER_READ_ONLY_MODE).
+    """
+    return getattr(error, "errno", None) in _READ_ONLY_ERRNOS
+
+
+def was_not_applied(error: BaseException) -> bool:
+    """True when the server refused the statement before running it: safe to send again.
+
+    A read-only server refuses a write before executing it; MySQL 8 sends 4031
+    (ER_CLIENT_INTERACTION_TIMEOUT) on a session it closed for idleness, and the statement
+    that reads that error never reached it. A lost connection (2013) proves nothing either way.
+    """
+    return getattr(error, "errno", None) in _READ_ONLY_ERRNOS | {4031}
+
+
+_READ_ONLY_ERRNOS = {1290, 1836}
+
 # Client and server codes that mean "this session is gone" whatever class the driver picks.
 _CONNECTION_ERRNOS = {
     1053,  # ER_SERVER_SHUTDOWN

@@ -22,11 +22,13 @@ import mysql.connector
 from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-from app.db.errors import DatabaseUnavailable, PoolTimeout, is_connection_error, misconfiguration
+from app.db.errors import (DatabaseUnavailable, PoolTimeout, is_connection_error, is_read_only,
+                           misconfiguration, was_not_applied)
 
 log = logging.getLogger(__name__)
 
 _RETURNED_AT = "returned_at"
+_OPENED_AT = "opened_at"
 _CURSOR = "cursor"
 
 # Every pool of this process, so that a forked child can disarm the connections it inherits.
@@ -76,6 +78,7 @@ class ConnectionPool:
         self._borrow_timeouts = 0
         self._opened = 0
         self._closed = 0
+        self._suspect_before = 0.0  # connections opened before this are replaced on checkout
         self._pid = os.getpid()
         self._connections: weakref.WeakSet = weakref.WeakSet()  # open DB-API connections
         _POOLS.add(self)
@@ -112,18 +115,33 @@ class ConnectionPool:
                 self._waiting -= 1
 
     def stats(self) -> dict[str, int]:
-        """A snapshot for /health/ready and operators; counters are since process start."""
-        idle = self._pool.checkedin()
+        """A snapshot for /health/ready and operators; counters are since process start.
+
+        `open` counts physical connections: a slot whose connection was discarded stays in
+        QueuePool's queue, empty, until the next borrow opens a new one.
+        """
+        with self._lock:
+            opened, closed = self._opened, self._closed
         in_use = self._pool.checkedout()
+        open_ = max(opened - closed, in_use)
         return {
-            "size": self.size, "open": idle + in_use, "in_use": in_use, "idle": idle,
+            "size": self.size, "open": open_, "in_use": in_use, "idle": open_ - in_use,
             "waiting": self._waiting, "borrow_timeouts": self._borrow_timeouts,
-            "opened": self._opened, "closed": self._closed,
+            "opened": opened, "closed": closed,
         }
 
     def dispose(self) -> None:
         """Close idle connections (connections in use close when returned)."""
         self._pool.dispose()
+
+    def suspect_all(self) -> None:
+        """Replace, on their next checkout, every connection opened until now.
+
+        One broken or read-only connection says the others are probably in the same state:
+        a restarted server dropped them all, a failover left them all on the old writer
+        (a fresh connection resolves the endpoint anew and reaches the new one).
+        """
+        self._suspect_before = time.monotonic()
 
     def _disarm(self) -> None:
         """In a forked child: leave every inherited connection to the parent (see _disarm)."""
@@ -137,11 +155,14 @@ class ConnectionPool:
             self._opened += 1
         return conn
 
-    def _on_connect(self, dbapi_conn, _record) -> None:
+    def _on_connect(self, dbapi_conn, record) -> None:
         self._connections.add(dbapi_conn)
+        record.info[_OPENED_AT] = time.monotonic()
 
     def _on_checkout(self, dbapi_conn, record, _proxy) -> None:
-        """Ping a connection that sat idle long enough for a firewall or the server to drop it."""
+        """Replace a suspect connection; ping one that sat idle long enough to be dropped."""
+        if record.info.get(_OPENED_AT, 0.0) <= self._suspect_before:
+            raise sa_exc.DisconnectionError()  # QueuePool closes it and opens a new one
         returned_at = record.info.get(_RETURNED_AT)
         if returned_at is None or time.monotonic() - returned_at < self.idle_ping:
             return
@@ -223,13 +244,25 @@ class Lease:
             self._raise(err)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
-        """Run a write; return (rowcount, lastrowid). Never retried: it may have been applied."""
+        """Run a write; return (rowcount, lastrowid).
+
+        A write that may have been applied is never retried. One the server refused before
+        running it (a writer turned read-only by a failover, a session it had already closed
+        for idleness) is retried once on a fresh connection, outside a transaction only.
+        """
         try:
-            cursor = self._cursor()
-            cursor.execute(sql, params)
+            return self._execute(sql, params)
+        except mysql.connector.Error as err:
+            if not was_not_applied(err) or self._in_transaction():
+                self._raise(err)
+            log.warning("the database refused a write without applying it (errno %s); "
+                        "retrying once on a fresh connection", err.errno,
+                        extra={"event": "db_write_refused", "errno": err.errno})
+        self._replace()
+        try:
+            return self._execute(sql, params)
         except mysql.connector.Error as err:
             self._raise(err)
-        return cursor.rowcount, cursor.lastrowid
 
     def release(self) -> None:
         """Return the connection (rolled back first if a transaction is still open)."""
@@ -239,6 +272,11 @@ class Lease:
         fairy.close()
 
     # -- internals ---------------------------------------------------------------------
+    def _execute(self, sql, params):
+        cursor = self._cursor()
+        cursor.execute(sql, params)
+        return cursor.rowcount, cursor.lastrowid
+
     def _query(self, sql, params):
         cursor = self._cursor()
         cursor.execute(sql, params)
@@ -259,6 +297,7 @@ class Lease:
         fairy, self._fairy = self._fairy, None
         if fairy is not None:
             fairy.invalidate()  # also returns the (now empty) slot to the pool
+        self._pool.suspect_all()
 
     def _replace(self) -> None:
         """Swap a broken connection for a new one from the same pool."""
@@ -269,6 +308,9 @@ class Lease:
         if is_connection_error(err):
             self._discard()
             raise DatabaseUnavailable("the database connection failed") from err
+        if is_read_only(err):  # connected to a reader, or a writer mid-failover
+            self._discard()
+            raise DatabaseUnavailable("the database is read-only") from err
         misconfigured = misconfiguration(err)  # a missing grant: the connection itself is fine
         if misconfigured is not None:
             raise misconfigured from err
