@@ -5,6 +5,7 @@ import time
 import uuid
 
 import pytest
+import requests
 from flask import Blueprint, jsonify
 
 import faults
@@ -151,4 +152,42 @@ def test_read_only_writer_answers_503_only_while_read_only(own_server, own_env, 
             assert o.ended >= read_only_from and o.started <= writable_from
     assert all(faults.ok(o) for o in outcomes if o.started >= writable_from + 1)
     assert {r["errno"] for r in gunicorn_log(server, "db_write_refused")} == {1290}
+    assert "Traceback" not in server.output()
+
+
+@pytest.fixture
+def slow_gunicorn(start_gunicorn, monkeypatch):
+    """start_gunicorn serving tests/slow_app.py (the app plus /_test/sleep) with the
+    Procfile's command and gunicorn.conf.py."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "procfile_command",
+                        lambda: localdb.procfile_command(conftest.ROOT, "tests.slow_app:application"))
+    return start_gunicorn
+
+
+def sleeping_query(mysql_server, database, timeout=10):
+    """The id of the connection running SELECT SLEEP in `database`, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = mysql_server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}' "
+                                 "AND INFO LIKE 'SELECT SLEEP%'"])
+        if rows:
+            return rows[0][0]
+        time.sleep(0.02)
+    raise AssertionError("the slow query never started")
+
+
+def test_connection_killed_mid_query_is_never_handed_out_again(db_env, mysql_server, slow_gunicorn):
+    env = {**db_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "1"}
+    server = slow_gunicorn(env)
+    with faults.Load(lambda n: faults.send("GET", server.url + "/_test/sleep?s=1.5"), threads=1) as load:
+        killed = sleeping_query(mysql_server, env["RDS_DB_NAME"])
+        mysql_server.sql([f"KILL CONNECTION {killed}"])
+        load.wait_for(lambda o: True, 1)
+    [victim] = load.outcomes[:1]
+    assert faults.ok(victim) or victim.is_clean_503  # a read is retried once on a fresh connection
+    used = [requests.get(server.url + "/_test/sleep?s=0", timeout=10).json()["connection_id"]
+            for _ in range(10)]
+    assert killed not in used and len(set(used)) == 1  # one new connection, reused from then on
     assert "Traceback" not in server.output()
