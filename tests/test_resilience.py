@@ -191,3 +191,26 @@ def test_connection_killed_mid_query_is_never_handed_out_again(db_env, mysql_ser
             for _ in range(10)]
     assert killed not in used and len(set(used)) == 1  # one new connection, reused from then on
     assert "Traceback" not in server.output()
+
+
+def test_writes_after_the_server_dropped_idle_connections_succeed(own_server, own_env):
+    """wait_timeout 2 s, connections idle 4 s: the pool must not hand out what the server closed."""
+    own_server.sql(["SET GLOBAL wait_timeout = 2"])  # sessions opened from now on
+    try:
+        app = create_app(own_env)  # DB_POOL_IDLE_PING left at its default, 30 s
+        database = app.extensions["database"]
+        leases = [database.borrow() for _ in range(3)]  # three idle connections in the pool
+        ids = {lease.connection_id for lease in leases}
+        for lease in leases:
+            lease.release()
+        deadline = time.monotonic() + 15
+        while ids & {row[0] for row in own_server.sql(["SELECT ID FROM information_schema.PROCESSLIST"])}:
+            assert time.monotonic() < deadline, "the server kept the idle connections"
+            time.sleep(0.1)
+        client = app.test_client()
+        statuses = [client.post("/api/users", json={"email": f"idle{n}@example.com", "name": "I"}).status_code
+                    for n in range(6)]
+        assert statuses == [201] * 6
+        database.dispose()
+    finally:
+        own_server.sql(["SET GLOBAL wait_timeout = DEFAULT"])

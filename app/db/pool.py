@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 _RETURNED_AT = "returned_at"
 _OPENED_AT = "opened_at"
+_IDLE_LIMIT = "idle_limit"
 _CURSOR = "cursor"
+
+# A connection idle longer than this share of the server's wait_timeout is pinged before use:
+# the ping restarts the server's idle clock, so what is handed out has at least half of it left.
+WAIT_TIMEOUT_SHARE = 0.5
 
 # Every pool of this process, so that a forked child can disarm the connections it inherits.
 _POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
@@ -156,15 +161,34 @@ class ConnectionPool:
         return conn
 
     def _on_connect(self, dbapi_conn, record) -> None:
+        """Learn how long the server lets this session idle (@@wait_timeout) before it closes it.
+
+        The server, not DB_POOL_IDLE_PING, decides when an idle session dies; a connection
+        the server closed would fail the next write (writes are not retried). The buffered
+        cursor made here is the one Lease reuses, so this costs one round trip per
+        connection, not per borrow.
+        """
         self._connections.add(dbapi_conn)
         record.info[_OPENED_AT] = time.monotonic()
+        limit = self.idle_ping
+        try:
+            cursor = record.info[_CURSOR] = dbapi_conn.cursor(buffered=True)
+            cursor.execute("SELECT @@session.wait_timeout")
+            (wait_timeout,) = cursor.fetchone()
+            limit = min(limit, float(wait_timeout) * WAIT_TIMEOUT_SHARE)
+        except (mysql.connector.Error, TypeError, ValueError) as err:
+            log.warning("could not read the server's wait_timeout: %s", err,
+                        extra={"event": "db_wait_timeout_unknown"})
+        record.info[_IDLE_LIMIT] = limit
 
     def _on_checkout(self, dbapi_conn, record, _proxy) -> None:
-        """Replace a suspect connection; ping one that sat idle long enough to be dropped."""
+        """Replace a suspect connection; ping one idle long enough to have been dropped:
+        longer than DB_POOL_IDLE_PING (firewalls, proxies) or half the server's wait_timeout."""
         if record.info.get(_OPENED_AT, 0.0) <= self._suspect_before:
             raise sa_exc.DisconnectionError()  # QueuePool closes it and opens a new one
         returned_at = record.info.get(_RETURNED_AT)
-        if returned_at is None or time.monotonic() - returned_at < self.idle_ping:
+        if returned_at is None or (time.monotonic() - returned_at
+                                   < record.info.get(_IDLE_LIMIT, self.idle_ping)):
             return
         try:
             dbapi_conn.ping(reconnect=False)
