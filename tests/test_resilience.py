@@ -3,6 +3,7 @@
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -214,3 +215,39 @@ def test_writes_after_the_server_dropped_idle_connections_succeed(own_server, ow
         database.dispose()
     finally:
         own_server.sql(["SET GLOBAL wait_timeout = DEFAULT"])
+
+
+def test_exhausted_pools_answer_503_after_the_borrow_timeout_and_leak_nothing(db_env, mysql_server, slow_gunicorn):
+    """256 clients at once, 2 workers with a pool of 2 each, a slow query."""
+    workers, pool_size, borrow_timeout = 2, 2, 0.3
+    env = {**db_env, "WEB_CONCURRENCY": str(workers), "DB_POOL_SIZE": str(pool_size),
+           "DB_POOL_TIMEOUT": str(borrow_timeout)}  # gunicorn.conf.py's 8 threads per worker
+    server = slow_gunicorn(env)
+    database = env["RDS_DB_NAME"]
+    url = server.url + "/_test/sleep?s=0.2"
+    with faults.ConnectionSampler(mysql_server.sql, database) as sampler, \
+            ThreadPoolExecutor(256) as clients:
+        outcomes = list(clients.map(lambda _: faults.send("GET", url, timeout=60), range(256)))
+    print(faults.summary(outcomes, peak_connections=sampler.peak))
+
+    assert all(faults.ok(o) or (o.is_clean_503 and o.code == "database_busy" and o.retry_after == "1")
+               for o in outcomes), faults.summary(outcomes)
+    assert any(faults.ok(o) for o in outcomes) and any(o.status == 503 for o in outcomes)
+    assert 0 < sampler.peak <= workers * pool_size  # never more server connections than pools hold
+    # Queued behind gunicorn's threads the client waits longer; in the app a 503 comes only
+    # after the borrow timeout (the access log times the request inside the worker).
+    busy = [json.loads(line) for line in server.output().splitlines()
+            if line.startswith("{") and '"access"' in line and '"status": 503' in line]
+    assert busy and all(entry["duration_ms"] >= borrow_timeout * 1000 for entry in busy)
+
+    # Afterwards every connection is idle and back in its pool.
+    rows = mysql_server.sql([f"SELECT COMMAND FROM information_schema.PROCESSLIST WHERE DB = '{database}'"])
+    assert 0 < len(rows) <= workers * pool_size and {r[0] for r in rows} == {"Sleep"}
+    seen = {}
+    deadline = time.monotonic() + 15
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, seen
+        body = requests.get(server.url + "/health/ready", timeout=10).json()
+        seen[body["pid"]] = body["pool"]
+    for stats in seen.values():
+        assert stats["in_use"] == 0 and stats["waiting"] == 0 and stats["open"] <= pool_size
