@@ -10,6 +10,7 @@ import pytest
 from app.config import load_settings
 from app.credentials import StaticPassword
 from app.db import Database, DatabaseUnavailable, PoolTimeout
+from app.db.errors import DatabaseMisconfigured
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
 
@@ -230,3 +231,25 @@ def test_forked_child_builds_its_own_pool(db_env):
     assert lease.query("SELECT 1 AS one") == [{"one": 1}]
     lease.release()
     database.dispose()
+
+
+def test_misconfiguration_raised_by_the_creator_comes_out_of_borrow_unchanged():
+    """The ConnectionOpener raises DatabaseMisconfigured when its credential source fails."""
+    refused = DatabaseMisconfigured("the secret cannot be read", reason="secret_unreadable")
+
+    def creator():
+        raise refused
+
+    pool = ConnectionPool(creator, size=1, timeout=0.5, max_lifetime=1800, idle_ping=30)
+    with pytest.raises(DatabaseMisconfigured) as raised:
+        pool.borrow()
+    assert raised.value is refused
+    assert pool.stats()["open"] == 0 and pool.stats()["in_use"] == 0
+
+
+def test_server_refusals_are_classified_as_misconfiguration(db_env):
+    pool = make_pool({**db_env, "RDS_PASSWORD": "not-the-password"})
+    with pytest.raises(DatabaseMisconfigured) as raised:
+        pool.borrow()
+    assert (raised.value.reason, raised.value.errno) == ("access_denied", 1045)
+    assert "not-the-password" not in str(raised.value)
