@@ -32,9 +32,14 @@ bind = f"127.0.0.1:{_int('PORT', 8000, 1, 65535)}"
 workers = _int("WEB_CONCURRENCY", os.cpu_count() or 2, 1, 64)
 worker_class = "gthread"
 threads = _int("GUNICORN_THREADS", 8, 1, 256)
-timeout = _int("GUNICORN_TIMEOUT", 60, 5, 3600)  # a worker silent this long is restarted
+# A worker whose main loop is silent this long is restarted. With gthread the main loop keeps
+# beating while a request thread hangs, so this does not bound a request: DB_READ_TIMEOUT
+# bounds its queries and nginx's proxy_read_timeout the client's wait.
+timeout = _int("GUNICORN_TIMEOUT", 60, 5, 3600)
 graceful_timeout = 30  # in-flight requests get this long on deploy or scale-in
-keepalive = 75  # longer than nginx's upstream keepalive idle time, so nginx closes first
+# Idle keep-alive connections wait this long. Beanstalk's nginx opens one connection per
+# request (no upstream keepalive), so this matters only to clients that reach gunicorn directly.
+keepalive = 75
 max_requests = 0
 accesslog = "-"
 errorlog = "-"
@@ -68,11 +73,3 @@ class JsonAccessLogger(Logger):
 
 logger_class = JsonAccessLogger
 
-
-def post_fork(server, worker):
-    """With --preload the app (not its pool) exists in the master: make sure the worker
-    builds its own pool instead of touching one created before fork."""
-    app = getattr(server.app, "callable", None)
-    database = getattr(app, "extensions", {}).get("database") if app else None
-    if database is not None:
-        database.pool  # noqa: B018 - creates this process's pool now

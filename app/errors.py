@@ -12,7 +12,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.db.errors import DatabaseUnavailable, PoolTimeout
+from app.db.errors import DatabaseMisconfigured, DatabaseUnavailable, PoolTimeout
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,22 @@ def error_response(status: int, code: str, message: str, details: list | None = 
     return response
 
 
+def log_database_failure(err: DatabaseUnavailable) -> None:
+    """Tell operators what the database said: its message and code, never to the client.
+
+    A misconfiguration (access denied, unknown database, missing grant) is its own event at
+    ERROR level, since retrying will not fix it; an outage is a warning.
+    """
+    cause = err.__cause__
+    if isinstance(err, DatabaseMisconfigured):
+        log.error("the database refused this configuration (%s): %s", err.reason, err,
+                  extra={"event": "db_misconfigured", "reason": err.reason, "errno": err.errno})
+        return
+    detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+    log.warning("database unavailable: %s", detail,
+                extra={"event": "db_unavailable", "errno": getattr(cause, "errno", None)})
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(err: APIError):
@@ -76,12 +92,9 @@ def init_app(app: Flask) -> None:
                               "The database is busy; retry shortly.",
                               headers={"Retry-After": str(RETRY_AFTER_BUSY)})
 
-    @app.errorhandler(DatabaseUnavailable)
+    @app.errorhandler(DatabaseUnavailable)  # DatabaseMisconfigured too: the client's request was fine
     def _db_unavailable(err: DatabaseUnavailable):
-        cause = err.__cause__
-        log.warning("database unavailable: %s", type(cause).__name__ if cause else err,
-                    extra={"event": "db_unavailable",
-                           "errno": getattr(cause, "errno", None)})
+        log_database_failure(err)
         return error_response(503, "database_unavailable",
                               "The database is unavailable; retry later.",
                               headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE)})

@@ -14,6 +14,8 @@ from flask import Blueprint, current_app, jsonify
 
 from app import migrate
 from app.db import DatabaseUnavailable, PoolTimeout
+from app.db.errors import DatabaseMisconfigured
+from app.errors import RETRY_AFTER_UNAVAILABLE, log_database_failure
 
 bp = Blueprint("health", __name__, url_prefix="/health")
 
@@ -30,24 +32,26 @@ def ready():
     if pool.stats()["idle"] == 0 and pool.stats()["open"] >= pool.size:
         database = "busy"  # every connection is serving a request: the database answers
     else:
+        lease = None
         try:
             lease = pool.borrow()
+            applied = migrate.applied_version(lease)
+            database = "ok"
         except PoolTimeout:
             database = "busy"
-        except DatabaseUnavailable:
-            status, code, database = "unavailable", 503, "unreachable"
-            headers = {"Retry-After": "5"}
-        else:
-            try:
-                applied = migrate.applied_version(lease)
-                database = "ok"
-            except DatabaseUnavailable:
-                status, code, database = "unavailable", 503, "unreachable"
-                headers = {"Retry-After": "5"}
-            finally:
+        except DatabaseUnavailable as err:
+            log_database_failure(err)
+            status, code, headers = "unavailable", 503, {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}
+            if isinstance(err, DatabaseMisconfigured):  # credentials, database name or grants
+                database, extra["reason"] = "misconfigured", err.reason
+            else:
+                database = "unreachable"
+        finally:
+            if lease is not None:
                 lease.release()
+        if database == "ok":
             expected = current_app.config["SCHEMA_VERSION"]
-            if database == "ok" and applied < expected:
+            if applied < expected:
                 # A newer schema is fine (old code serves during a rolling deploy); an older
                 # one means the leader-only migration did not run or failed.
                 status, code, database = "schema_behind", 503, "schema_behind"

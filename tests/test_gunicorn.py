@@ -1,12 +1,15 @@
 """The app under real gunicorn, started with the Procfile command: per-worker pools, load, outages."""
 
 import json
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+import faults
 import localdb
 from app import migrate
 from conftest import connect
@@ -106,6 +109,7 @@ def test_bad_gunicorn_setting_names_the_variable(db_env, tmp_path):
 
 
 def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gunicorn):
+    """Stop the server under steady load, keep it down, start it on the same port."""
     db = localdb.LocalServer(basedir=tmp_path / "db").start()
     try:
         db.create_database("ebdb")
@@ -113,34 +117,92 @@ def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gu
         conn = connect(env)
         migrate.apply(conn)
         conn.close()
-        env.update({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "DB_CONNECT_TIMEOUT": "2",
-                    "DB_POOL_IDLE_PING": "0"})
+        env.update({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "DB_CONNECT_TIMEOUT": "2"})
         server = start_gunicorn(env)
+        workers = server.worker_pids(expect=2)
         users = server.url + "/api/users"
         assert requests.post(users, json={"email": "o@example.com", "name": "O"}, timeout=10).status_code == 201
-        assert [r.status_code for r in hammer(users, 20, 8)] == [200] * 20
 
-        db.stop()
-        for _ in range(10):
-            started = time.monotonic()
-            response = requests.get(users, timeout=15)
-            elapsed = time.monotonic() - started
-            assert response.status_code == 503 and response.headers["Retry-After"] == "5"
-            assert response.json()["error"]["code"] == "database_unavailable"
-            assert elapsed < 2 + 1  # within the connect timeout
-        ready = requests.get(server.url + "/health/ready", timeout=15)
-        assert ready.status_code == 503
-        assert requests.get(server.url + "/health", timeout=5).status_code == 200
+        def read_or_write(n):  # reads and writes, as clients send them
+            if n % 2:
+                return faults.send("POST", users, json={"email": f"l{n}@example.com", "name": "L"})
+            return faults.send("GET", users)
 
-        db.start()
-        deadline = time.monotonic() + 20
-        while requests.get(users, timeout=15).status_code != 200:
-            assert time.monotonic() < deadline, "the API did not recover"
-            time.sleep(0.2)
-        results = hammer(users, 40, 8)
-        assert [r.status_code for r in results] == [200] * 40
-        assert results[0].json()["data"][0]["email"] == "o@example.com"
-        assert server.process.poll() is None
+        with faults.Load(read_or_write, threads=6) as load:
+            load.wait_for(faults.ok, 30)
+            db.stop()
+            down = time.monotonic()
+            load.wait_for(lambda o: o.status == 503, 20, since=down)
+            ready = requests.get(server.url + "/health/ready", timeout=15)
+            assert ready.status_code == 503 and ready.json()["database"] == "unreachable"
+            assert requests.get(server.url + "/health", timeout=5).status_code == 200
+            while time.monotonic() < down + 3:  # a few seconds down, under load
+                time.sleep(0.1)
+            db.start()  # the same port and datadir
+            up = time.monotonic()
+            load.wait_for(faults.ok, 30, since=up + 1)
+        outcomes = load.outcomes
+        print(faults.summary(outcomes, up))
+
+        assert all(faults.ok(o) or o.is_clean_503 for o in outcomes), faults.summary(outcomes)
+        during = [o for o in outcomes if o.started >= down and o.ended <= up]
+        assert during and all(o.status == 503 for o in during)
+        for o in outcomes:
+            if o.status == 503:  # within the connect timeout: no request hangs
+                assert o.code == "database_unavailable" and o.retry_after == "5"
+                assert o.ended - o.started < 2 + 1
+        assert faults.recovery_time(outcomes, up) <= 1.0, faults.summary(outcomes, up)
+        assert all(faults.ok(o) for o in outcomes if o.started >= up + 1)
+        assert requests.get(users, timeout=10).json()["data"][0]["email"] == "o@example.com"
+        assert server.process.poll() is None and server.worker_pids() == workers  # no restart
         assert "Traceback" not in server.output()
     finally:
         db.remove()
+
+
+# gunicorn's own way of running an app with a connection in the master: --preload, the master
+# borrows and keeps a pooled connection before it forks, and workers leave through sys.exit
+# (SIGTERM, max_requests) and are replaced, each replacement inheriting the master's connection.
+HOLDING_MASTER = """
+exec(compile(open("gunicorn.conf.py").read(), "gunicorn.conf.py", "exec"))
+preload_app = True
+_held = []
+
+def when_ready(server):
+    lease = server.app.callable.extensions["database"].borrow()
+    _held.append(lease)
+    server.log.info("master holds connection %s", lease.connection_id)
+"""
+
+
+def processlist_ids(mysql_server, database):
+    rows = mysql_server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}'"])
+    return {row[0] for row in rows}
+
+
+def test_master_connection_survives_workers_that_exit(db_env, start_gunicorn, mysql_server, tmp_path):
+    """A worker that exits must not close (COM_QUIT) the session it inherited from the master."""
+    (tmp_path / "hold.py").write_text(HOLDING_MASTER)
+    env = {**db_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2"}
+    server = start_gunicorn(env, ["--config", str(tmp_path / "hold.py")])
+    [master_id] = [cid for pid, cid in db_connects(server.output()) if pid == server.process.pid]
+    database = env["RDS_DB_NAME"]
+    assert master_id in processlist_ids(mysql_server, database)
+
+    exited: set[int] = set()
+    for _ in range(2):  # SIGTERM: the worker finishes and leaves through sys.exit; gunicorn replaces it
+        current = server.worker_pids(expect=2)
+        assert [r.status_code for r in hammer(server.url + "/api/users", 40, 4)] == [200] * 40
+        for pid in current:
+            os.kill(pid, signal.SIGTERM)
+        exited |= current
+        deadline = time.monotonic() + 20
+        while len(server.worker_pids() - exited) < 2:
+            assert time.monotonic() < deadline, "the workers were not replaced"
+            time.sleep(0.1)
+    assert [r.status_code for r in hammer(server.url + "/api/users", 40, 4)] == [200] * 40
+
+    assert master_id in processlist_ids(mysql_server, database), "a worker's exit closed the master's connection"
+    workers = {cid: pid for pid, cid in db_connects(server.output()) if pid != server.process.pid}
+    assert workers and master_id not in workers  # every worker opened connections of its own
+    assert set(workers.values()) - exited  # the replacements too

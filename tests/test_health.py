@@ -1,6 +1,9 @@
 """Health endpoints and how the API answers when the database is busy or gone."""
 
 import json
+import uuid
+
+import pytest
 
 import localdb
 from app import migrate
@@ -102,3 +105,72 @@ def test_ready_fails_while_the_schema_is_behind_the_code(make_database):
         conn.close()
     assert behind.status_code == 503 and behind.get_json()["schema"]["expected"] > behind.get_json()["schema"]["applied"]
     assert client.get("/health/ready").status_code == 200
+
+
+def logged_events(capsys, event):
+    return [r for r in (json.loads(line) for line in capsys.readouterr().out.splitlines()
+                        if line.startswith("{")) if r.get("event") == event]
+
+
+@pytest.fixture
+def db_user(mysql_server):
+    """Make a throwaway database user with the given grants; dropped afterwards."""
+    made = []
+
+    def make(*grants: str) -> tuple[str, str]:
+        name, password = f"u_{uuid.uuid4().hex[:10]}", "pw-" + uuid.uuid4().hex
+        mysql_server.sql([f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"]
+                         + [f"GRANT {grant} TO '{name}'@'%'" for grant in grants])
+        made.append(name)
+        return name, password
+
+    yield make
+    for name in made:
+        mysql_server.sql([f"DROP USER IF EXISTS '{name}'@'%'"])
+
+
+def assert_generic_503(response, *secrets):
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.get_json() == {"error": {"code": "database_unavailable",
+                                             "message": "The database is unavailable; retry later."}}
+    text = response.get_data(as_text=True)
+    for secret in secrets:
+        assert secret not in text
+
+
+@pytest.mark.parametrize("case", ["access_denied", "unknown_database", "missing_privilege"])
+def test_misconfiguration_is_logged_for_operators_and_generic_for_clients(db_env, db_user, case, capsys):
+    """1045, 1049 and 1142 are not outages: the log and /health/ready say what to fix."""
+    database = db_env["RDS_DB_NAME"]
+    if case == "access_denied":
+        user, password = db_user(f"ALL ON `{database}`.*")
+        env, errno, says = {**db_env, "RDS_USERNAME": user, "RDS_PASSWORD": "wrong-" + password}, 1045, "Access denied"
+    elif case == "unknown_database":
+        user, password = db_user(f"ALL ON `{database}\\_%`.*")
+        env, errno, says = {**db_env, "RDS_USERNAME": user, "RDS_PASSWORD": password,
+                            "RDS_DB_NAME": database + "_missing"}, 1049, "Unknown database"
+    else:
+        user, password = db_user(f"SELECT ON `{database}`.`users`")  # no INSERT, no schema_migrations
+        env, errno, says = {**db_env, "RDS_USERNAME": user, "RDS_PASSWORD": password}, 1142, "command denied"
+    client = create_app(env).test_client()
+    capsys.readouterr()
+
+    response = client.post("/api/users", json={"email": "m@example.com", "name": "M"})
+    assert_generic_503(response, user, password, says, str(errno))
+    [record] = logged_events(capsys, "db_misconfigured")
+    assert record["reason"] == case and record["errno"] == errno and record["level"] == "ERROR"
+    assert says in record["message"]  # the server's own words, for the operator
+    assert password not in json.dumps(record)
+
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    body = ready.get_json()
+    assert (body["status"], body["database"], body["reason"]) == ("unavailable", "misconfigured", case)
+    assert user not in ready.get_data(as_text=True) and password not in ready.get_data(as_text=True)
+    assert [r["reason"] for r in logged_events(capsys, "db_misconfigured")] == [case]
+
+
+def test_outage_log_carries_the_driver_message_and_errno(db_env, capsys):
+    create_app(unreachable(db_env)).test_client().get("/api/users")
+    [record] = logged_events(capsys, "db_unavailable")
+    assert record["errno"] == 2003 and "Can't connect" in record["message"]

@@ -10,6 +10,7 @@ import pytest
 from app.config import load_settings
 from app.credentials import StaticPassword
 from app.db import Database, DatabaseUnavailable, PoolTimeout
+from app.db.errors import DatabaseMisconfigured
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
 
@@ -165,7 +166,7 @@ def test_open_transaction_is_rolled_back_on_return(db_env):
     pool = make_pool(db_env, size=1)
     lease = pool.borrow()
     conn_id = lease.connection_id
-    lease.begin()
+    lease.execute("START TRANSACTION")
     lease.execute("INSERT INTO users (email, name) VALUES ('tx@example.com', 'Tx')")
     assert lease.connection.in_transaction
     lease.release()  # no commit
@@ -173,22 +174,6 @@ def test_open_transaction_is_rolled_back_on_return(db_env):
     assert lease.connection_id == conn_id and not lease.connection.in_transaction
     assert lease.query("SELECT COUNT(*) AS n FROM users") == [{"n": 0}]
     lease.release()
-
-
-def test_connection_of_a_failed_request_is_rolled_back_before_reuse(db_env, monkeypatch):
-    pool = make_pool(db_env, size=1)
-    lease = pool.borrow()
-    lease.query("SELECT 1")
-    conn = lease.connection
-    calls = []
-    real_rollback = conn.rollback
-    monkeypatch.setattr(conn, "rollback", lambda: (calls.append("rollback"), real_rollback()))
-    lease.release(failed=True)
-    assert calls == ["rollback"]
-    lease = pool.borrow()
-    assert lease.connection is conn
-    lease.release()
-    assert calls == ["rollback"]  # the flag does not stick to the next borrower
 
 
 def test_read_leaves_no_transaction_and_costs_no_rollback(db_env, monkeypatch):
@@ -246,3 +231,25 @@ def test_forked_child_builds_its_own_pool(db_env):
     assert lease.query("SELECT 1 AS one") == [{"one": 1}]
     lease.release()
     database.dispose()
+
+
+def test_misconfiguration_raised_by_the_creator_comes_out_of_borrow_unchanged():
+    """The ConnectionOpener raises DatabaseMisconfigured when its credential source fails."""
+    refused = DatabaseMisconfigured("the secret cannot be read", reason="secret_unreadable")
+
+    def creator():
+        raise refused
+
+    pool = ConnectionPool(creator, size=1, timeout=0.5, max_lifetime=1800, idle_ping=30)
+    with pytest.raises(DatabaseMisconfigured) as raised:
+        pool.borrow()
+    assert raised.value is refused
+    assert pool.stats()["open"] == 0 and pool.stats()["in_use"] == 0
+
+
+def test_server_refusals_are_classified_as_misconfiguration(db_env):
+    pool = make_pool({**db_env, "RDS_PASSWORD": "not-the-password"})
+    with pytest.raises(DatabaseMisconfigured) as raised:
+        pool.borrow()
+    assert (raised.value.reason, raised.value.errno) == ("access_denied", 1045)
+    assert "not-the-password" not in str(raised.value)

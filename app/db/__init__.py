@@ -24,8 +24,8 @@ class Database:
     """Owns the pool of the current process and makes a new one after a fork.
 
     A pool inherited from a parent process holds sockets the parent still uses; the child
-    must neither use nor close them (closing would send COM_QUIT on the parent's session),
-    so it keeps a reference to the inherited pool and builds its own.
+    never uses it (the pool disarms those connections at fork, see app/db/pool.py) and
+    builds its own on first use.
     """
 
     def __init__(self, settings: Settings, credentials: CredentialProvider):
@@ -34,7 +34,6 @@ class Database:
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         self._pid: int | None = None
-        self._inherited: list[ConnectionPool] = []
 
     @property
     def pool(self) -> ConnectionPool:
@@ -43,8 +42,6 @@ class Database:
             return pool
         with self._lock:
             if self._pool is None or self._pid != os.getpid():
-                if self._pool is not None:
-                    self._inherited.append(self._pool)
                 self._pool = self._new_pool()
                 self._pid = os.getpid()
             return self._pool
@@ -71,10 +68,15 @@ def get_db() -> Lease:
     return lease
 
 
-def release_db(error: BaseException | None = None) -> None:
+def release_db(_error: BaseException | None = None) -> None:
+    """Teardown: give the request's connection back, on every path.
+
+    The app's error handlers answer every exception, so `_error` is always None here; a
+    transaction a failed request left open is rolled back by the pool on return.
+    """
     lease = g.pop("db_lease", None)
     if lease is not None:
-        lease.release(failed=error is not None)
+        lease.release()
 
 
 def init_app(app: Flask, database: Database) -> None:

@@ -23,6 +23,33 @@ class DatabaseMisconfigured(DatabaseUnavailable):
         self.errno = errno
 
 
+def misconfiguration(error: BaseException) -> DatabaseMisconfigured | None:
+    """The DatabaseMisconfigured a driver error stands for, or None if it is no such error.
+
+    The message is the server's own ("Access denied for user 'app'@'10.0.1.5' (using
+    password: YES)"): it may name the user and host, never a password. It is for the log.
+    """
+    errno = getattr(error, "errno", None)
+    reason = _MISCONFIGURED.get(errno)
+    if reason is None:
+        return None
+    return DatabaseMisconfigured(f"{errno}: {getattr(error, 'msg', None) or error}",
+                                 reason=reason, errno=errno)
+
+
+# Server codes that mean "fix the configuration or the grants", never "retry later".
+_MISCONFIGURED = {
+    1044: "missing_privilege",  # ER_DBACCESS_DENIED_ERROR: no grant on this database (or no such database)
+    1045: "access_denied",  # ER_ACCESS_DENIED_ERROR: wrong user or password, expired token
+    1049: "unknown_database",  # ER_BAD_DB_ERROR
+    1142: "missing_privilege",  # ER_TABLEACCESS_DENIED_ERROR: e.g. INSERT command denied
+    1143: "missing_privilege",  # ER_COLUMNACCESS_DENIED_ERROR
+    1227: "missing_privilege",  # ER_SPECIFIC_ACCESS_DENIED_ERROR
+    1370: "missing_privilege",  # ER_PROCACCESS_DENIED_ERROR
+    1698: "access_denied",  # ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+}
+
+
 class PoolTimeout(Exception):
     """Every pooled connection stayed busy for the whole borrow timeout."""
 
@@ -40,6 +67,29 @@ def is_connection_error(error: BaseException) -> bool:
         and getattr(error, "errno", None) in _CONNECTION_ERRNOS
     )
 
+
+def is_read_only(error: BaseException) -> bool:
+    """True when the server refused a write because it is read-only.
+
+    What a writer says after an Aurora or Multi-AZ failover demoted it, or a reader
+    endpoint: MySQL and MariaDB 1290 (ER_OPTION_PREVENTS_STATEMENT, "running with the
+    --read-only option"; MariaDB 10.11 answers that to a user without READ ONLY ADMIN,
+    measured here with SET GLOBAL read_only=1), MariaDB 1836 (ER_READ_ONLY_MODE).
+    """
+    return getattr(error, "errno", None) in _READ_ONLY_ERRNOS
+
+
+def was_not_applied(error: BaseException) -> bool:
+    """True when the server refused the statement before running it: safe to send again.
+
+    A read-only server refuses a write before executing it; MySQL 8 sends 4031
+    (ER_CLIENT_INTERACTION_TIMEOUT) on a session it closed for idleness, and the statement
+    that reads that error never reached it. A lost connection (2013) proves nothing either way.
+    """
+    return getattr(error, "errno", None) in _READ_ONLY_ERRNOS | {4031}
+
+
+_READ_ONLY_ERRNOS = {1290, 1836}
 
 # Client and server codes that mean "this session is gone" whatever class the driver picks.
 _CONNECTION_ERRNOS = {

@@ -2,16 +2,19 @@
 
 QueuePool gives what mysql-connector's own pool lacks: a borrow that waits (up to a timeout)
 instead of failing at once, recycling by age, and invalidation of broken connections. This
-module adds an idle-time ping, a clean return (rollback only when a transaction or a failure
-needs it, so a plain read costs no extra round trip), statistics, and the translation of
-driver failures into DatabaseUnavailable / PoolTimeout.
+module adds an idle-time ping, a clean return (rollback only when a transaction is open, so a
+plain read costs no extra round trip), fork safety, statistics, and the translation of driver
+failures into DatabaseUnavailable / PoolTimeout.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,17 +22,51 @@ import mysql.connector
 from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-from app.db.errors import DatabaseUnavailable, PoolTimeout, is_connection_error
+from app.db.errors import (DatabaseUnavailable, PoolTimeout, is_connection_error, is_read_only,
+                           misconfiguration, was_not_applied)
 
 log = logging.getLogger(__name__)
 
 _RETURNED_AT = "returned_at"
+_OPENED_AT = "opened_at"
+_IDLE_LIMIT = "idle_limit"
 _CURSOR = "cursor"
-_DIRTY = "dirty"
+
+# A connection idle longer than this share of the server's wait_timeout is pinged before use:
+# the ping restarts the server's idle clock, so what is handed out has at least half of it left.
+WAIT_TIMEOUT_SHARE = 0.5
+
+# Every pool of this process, so that a forked child can disarm the connections it inherits.
+_POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+def _disarm_inherited_connections() -> None:
+    for pool in list(_POOLS):
+        pool._disarm()
+
+
+os.register_at_fork(after_in_child=_disarm_inherited_connections)
+
+
+def _disarm(dbapi_conn) -> None:
+    """Make a connection inherited through fork unable to touch the parent's session.
+
+    The child shares the parent's sockets. Whatever closes the connection object in the child
+    (the pool, the garbage collector, interpreter exit after a gunicorn worker's sys.exit)
+    would send COM_QUIT, and the server would end the parent's session. So the driver's
+    session object (C extension) or socket (pure Python) is detached from the connection and
+    kept alive for good: it is never closed, its memory is the child's copy anyway, and the
+    connection object left behind is closed for every use.
+    """
+    for attr in ("_cmysql", "_socket"):
+        session = getattr(dbapi_conn, attr, None)
+        if session is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(session))  # never deallocated
+            setattr(dbapi_conn, attr, None)
 
 
 class ConnectionPool:
-    """Connections for the threads of one process; never use it in a forked child."""
+    """Connections for the threads of one process; a forked child must build its own."""
 
     def __init__(self, creator: Callable[[], Any], *, size: int, timeout: float,
                  max_lifetime: float, idle_ping: float):
@@ -46,6 +83,11 @@ class ConnectionPool:
         self._borrow_timeouts = 0
         self._opened = 0
         self._closed = 0
+        self._suspect_before = 0.0  # connections opened before this are replaced on checkout
+        self._pid = os.getpid()
+        self._connections: weakref.WeakSet = weakref.WeakSet()  # open DB-API connections
+        _POOLS.add(self)
+        event.listen(self._pool, "connect", self._on_connect)
         event.listen(self._pool, "checkout", self._on_checkout)
         event.listen(self._pool, "checkin", self._on_checkin)
         event.listen(self._pool, "reset", self._on_reset)
@@ -57,8 +99,11 @@ class ConnectionPool:
         """Return a lease on a healthy connection, waiting up to the pool timeout.
 
         Raises PoolTimeout when all connections stayed busy, DatabaseUnavailable when no
-        connection could be opened.
+        connection could be opened (DatabaseMisconfigured when the server refused the
+        configuration: credentials, database name, grants).
         """
+        if self._pid != os.getpid():
+            raise RuntimeError("this pool belongs to the parent process; build a new one after fork")
         with self._lock:
             self._waiting += 1
         try:
@@ -68,24 +113,45 @@ class ConnectionPool:
                 self._borrow_timeouts += 1
             raise PoolTimeout(f"no free connection within {self.timeout:g}s") from None
         except (mysql.connector.Error, sa_exc.InvalidRequestError) as err:
-            raise DatabaseUnavailable("cannot open a database connection") from err
+            raise (misconfiguration(err)
+                   or DatabaseUnavailable("cannot open a database connection")) from err
         finally:
             with self._lock:
                 self._waiting -= 1
 
     def stats(self) -> dict[str, int]:
-        """A snapshot for /health/ready and operators; counters are since process start."""
-        idle = self._pool.checkedin()
+        """A snapshot for /health/ready and operators; counters are since process start.
+
+        `open` counts physical connections: a slot whose connection was discarded stays in
+        QueuePool's queue, empty, until the next borrow opens a new one.
+        """
+        with self._lock:
+            opened, closed = self._opened, self._closed
         in_use = self._pool.checkedout()
+        open_ = max(opened - closed, in_use)
         return {
-            "size": self.size, "open": idle + in_use, "in_use": in_use, "idle": idle,
+            "size": self.size, "open": open_, "in_use": in_use, "idle": open_ - in_use,
             "waiting": self._waiting, "borrow_timeouts": self._borrow_timeouts,
-            "opened": self._opened, "closed": self._closed,
+            "opened": opened, "closed": closed,
         }
 
     def dispose(self) -> None:
         """Close idle connections (connections in use close when returned)."""
         self._pool.dispose()
+
+    def suspect_all(self) -> None:
+        """Replace, on their next checkout, every connection opened until now.
+
+        One broken or read-only connection says the others are probably in the same state:
+        a restarted server dropped them all, a failover left them all on the old writer
+        (a fresh connection resolves the endpoint anew and reaches the new one).
+        """
+        self._suspect_before = time.monotonic()
+
+    def _disarm(self) -> None:
+        """In a forked child: leave every inherited connection to the parent (see _disarm)."""
+        for dbapi_conn in list(self._connections):
+            _disarm(dbapi_conn)
 
     # -- pool events -------------------------------------------------------------------
     def _open(self):
@@ -94,10 +160,35 @@ class ConnectionPool:
             self._opened += 1
         return conn
 
+    def _on_connect(self, dbapi_conn, record) -> None:
+        """Learn how long the server lets this session idle (@@wait_timeout) before it closes it.
+
+        The server, not DB_POOL_IDLE_PING, decides when an idle session dies; a connection
+        the server closed would fail the next write (writes are not retried). The buffered
+        cursor made here is the one Lease reuses, so this costs one round trip per
+        connection, not per borrow.
+        """
+        self._connections.add(dbapi_conn)
+        record.info[_OPENED_AT] = time.monotonic()
+        limit = self.idle_ping
+        try:
+            cursor = record.info[_CURSOR] = dbapi_conn.cursor(buffered=True)
+            cursor.execute("SELECT @@session.wait_timeout")
+            (wait_timeout,) = cursor.fetchone()
+            limit = min(limit, float(wait_timeout) * WAIT_TIMEOUT_SHARE)
+        except (mysql.connector.Error, TypeError, ValueError) as err:
+            log.warning("could not read the server's wait_timeout: %s", err,
+                        extra={"event": "db_wait_timeout_unknown"})
+        record.info[_IDLE_LIMIT] = limit
+
     def _on_checkout(self, dbapi_conn, record, _proxy) -> None:
-        """Ping a connection that sat idle long enough for a firewall or the server to drop it."""
+        """Replace a suspect connection; ping one idle long enough to have been dropped:
+        longer than DB_POOL_IDLE_PING (firewalls, proxies) or half the server's wait_timeout."""
+        if record.info.get(_OPENED_AT, 0.0) <= self._suspect_before:
+            raise sa_exc.DisconnectionError()  # QueuePool closes it and opens a new one
         returned_at = record.info.get(_RETURNED_AT)
-        if returned_at is None or time.monotonic() - returned_at < self.idle_ping:
+        if returned_at is None or (time.monotonic() - returned_at
+                                   < record.info.get(_IDLE_LIMIT, self.idle_ping)):
             return
         try:
             dbapi_conn.ping(reconnect=False)
@@ -109,14 +200,16 @@ class ConnectionPool:
         if record is not None:
             record.info[_RETURNED_AT] = time.monotonic()
 
-    def _on_reset(self, dbapi_conn, record, _state) -> None:
-        """Give the connection back clean: roll back an open or failed transaction.
+    def _on_reset(self, dbapi_conn, _record, _state) -> None:
+        """Give the connection back clean: roll back a transaction left open.
 
-        In autocommit mode a read leaves no transaction, so the common path sends nothing;
-        the server's status flag (no round trip) tells whether a transaction is still open.
+        A request that fails mid-transaction is answered by the app's error handler, so
+        nothing downstream knows it failed; the server's status flag, which every OK packet
+        carries (no round trip), says whether a transaction is still open, and the rollback
+        releases its row locks before anyone reuses the session. In autocommit mode a read
+        leaves no transaction, so the common path sends nothing.
         """
-        dirty = record.info.pop(_DIRTY, False) if record is not None else False
-        if dirty or dbapi_conn.in_transaction:
+        if self._pid == os.getpid() and dbapi_conn.in_transaction:
             dbapi_conn.rollback()  # if this raises, QueuePool invalidates the connection
 
     def _on_close(self, _dbapi_conn, record) -> None:
@@ -175,42 +268,39 @@ class Lease:
             self._raise(err)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
-        """Run a write; return (rowcount, lastrowid). Never retried: it may have been applied."""
-        try:
-            cursor = self._cursor()
-            cursor.execute(sql, params)
-        except mysql.connector.Error as err:
-            self._raise(err)
-        return cursor.rowcount, cursor.lastrowid
+        """Run a write; return (rowcount, lastrowid).
 
-    def begin(self) -> None:
+        A write that may have been applied is never retried. One the server refused before
+        running it (a writer turned read-only by a failover, a session it had already closed
+        for idleness) is retried once on a fresh connection, outside a transaction only.
+        """
         try:
-            self._fairy.dbapi_connection.start_transaction()
+            return self._execute(sql, params)
         except mysql.connector.Error as err:
-            self._raise(err)
-
-    def commit(self) -> None:
+            if not was_not_applied(err) or self._in_transaction():
+                self._raise(err)
+            log.warning("the database refused a write without applying it (errno %s); "
+                        "retrying once on a fresh connection", err.errno,
+                        extra={"event": "db_write_refused", "errno": err.errno})
+        self._replace()
         try:
-            self._fairy.dbapi_connection.commit()
-        except mysql.connector.Error as err:
-            self._raise(err)
-
-    def rollback(self) -> None:
-        try:
-            self._fairy.dbapi_connection.rollback()
+            return self._execute(sql, params)
         except mysql.connector.Error as err:
             self._raise(err)
 
-    def release(self, failed: bool = False) -> None:
-        """Return the connection; after a failure it is rolled back before anyone reuses it."""
+    def release(self) -> None:
+        """Return the connection (rolled back first if a transaction is still open)."""
         fairy, self._fairy = self._fairy, None
         if fairy is None:  # already released, or invalidated after a connection error
             return
-        if failed:
-            fairy.info[_DIRTY] = True
         fairy.close()
 
     # -- internals ---------------------------------------------------------------------
+    def _execute(self, sql, params):
+        cursor = self._cursor()
+        cursor.execute(sql, params)
+        return cursor.rowcount, cursor.lastrowid
+
     def _query(self, sql, params):
         cursor = self._cursor()
         cursor.execute(sql, params)
@@ -231,6 +321,7 @@ class Lease:
         fairy, self._fairy = self._fairy, None
         if fairy is not None:
             fairy.invalidate()  # also returns the (now empty) slot to the pool
+        self._pool.suspect_all()
 
     def _replace(self) -> None:
         """Swap a broken connection for a new one from the same pool."""
@@ -241,4 +332,10 @@ class Lease:
         if is_connection_error(err):
             self._discard()
             raise DatabaseUnavailable("the database connection failed") from err
+        if is_read_only(err):  # connected to a reader, or a writer mid-failover
+            self._discard()
+            raise DatabaseUnavailable("the database is read-only") from err
+        misconfigured = misconfiguration(err)  # a missing grant: the connection itself is fine
+        if misconfigured is not None:
+            raise misconfigured from err
         raise err

@@ -1,0 +1,253 @@
+"""How requests fail, and what they leave behind, when code or the database misbehaves."""
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from flask import Blueprint, jsonify
+
+import faults
+import localdb
+from app import create_app, migrate
+from app.config import load_settings
+from app.credentials import StaticPassword
+from app.db import DatabaseUnavailable, get_db
+from app.db.connection import ConnectionOpener
+from app.db.pool import ConnectionPool
+from conftest import connect
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A server of this module's own: its tests stop it and change its global variables."""
+    server = localdb.LocalServer(basedir=tmp_path_factory.mktemp("own-db")).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_env(own_server):
+    """A fresh migrated database on own_server, used by localdb's APP_USER, which (unlike
+    root or the admin user) has no SUPER / READ ONLY ADMIN: read_only applies to it."""
+    name = f"r_{uuid.uuid4().hex[:10]}"
+    own_server.create_database(name)
+    env = own_server.environ(name)
+    conn = connect(env)
+    try:
+        migrate.apply(conn)
+    finally:
+        conn.close()
+    yield {**env, "DB_CONNECT_TIMEOUT": "2"}
+    own_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
+
+
+def gunicorn_log(server, event):
+    return [json.loads(line) for line in server.output().splitlines()
+            if line.startswith("{") and f'"{event}"' in line]
+
+
+def fault_routes(seen: list) -> Blueprint:
+    """Test-only routes: never part of the production app."""
+    bp = Blueprint("faults", __name__, url_prefix="/_test")
+
+    @bp.post("/fail-mid-transaction")
+    def fail_mid_transaction():
+        db = get_db()
+        seen.append(db.connection_id)
+        db.execute("START TRANSACTION")
+        db.execute("INSERT INTO users (email, name) VALUES ('locked@example.com', 'L')")
+        db.query("SELECT id FROM users WHERE email = 'locked@example.com' FOR UPDATE")
+        raise RuntimeError("a bug after the write, before any commit")
+
+    @bp.get("/session")
+    def session():
+        db = get_db()
+        [row] = db.query("SELECT CONNECTION_ID() AS id, (SELECT COUNT(*) FROM users) AS users")
+        # The server's status flag, as the OK packet of that query carried it.
+        return jsonify(connection_id=row["id"], users=row["users"],
+                       in_transaction=db.connection.in_transaction)
+
+    return bp
+
+
+@pytest.fixture
+def faulty_app(db_env):
+    seen: list[int] = []
+    app = create_app({**db_env, "DB_POOL_SIZE": "1"})
+    app.register_blueprint(fault_routes(seen))
+    app.config["SEEN"] = seen
+    yield app
+    app.extensions["database"].dispose()
+
+
+def test_failed_request_leaves_no_transaction_or_locks_on_its_connection(faulty_app, db_env):
+    client = faulty_app.test_client()
+    response = client.post("/_test/fail-mid-transaction")
+    assert response.status_code == 500 and response.get_json()["error"]["code"] == "internal_error"
+
+    after = client.get("/_test/session").get_json()
+    assert after["connection_id"] == faulty_app.config["SEEN"][0]  # the same, returned connection
+    assert after == {"connection_id": after["connection_id"], "users": 0, "in_transaction": False}
+
+    other = connect(db_env)  # the row lock is gone: another session writes that row at once
+    try:
+        cur = other.cursor()
+        cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        cur.execute("INSERT INTO users (email, name) VALUES ('locked@example.com', 'Other')")
+    finally:
+        other.close()
+    assert client.get("/_test/session").get_json()["users"] == 1
+
+
+def test_write_refused_as_read_only_is_retried_once_on_a_fresh_connection(own_server, own_env):
+    settings = load_settings(own_env)
+    pool = ConnectionPool(ConnectionOpener(settings, StaticPassword(settings.user, settings.password.get_secret_value())),
+                          size=2, timeout=1, max_lifetime=1800, idle_ping=30)
+    lease = pool.borrow()
+    first = lease.connection_id
+    own_server.sql(["SET GLOBAL read_only = 1"])
+    try:
+        with pytest.raises(DatabaseUnavailable) as err:
+            lease.execute("INSERT INTO users (email, name) VALUES ('ro@example.com', 'R')")
+        assert err.value.__cause__.errno == 1290  # what MariaDB 10.11 answers a user without READ ONLY ADMIN
+        lease.release()
+        stats = pool.stats()
+        assert stats["opened"] == 2 and stats["closed"] == 2 and stats["open"] == 0  # both discarded
+    finally:
+        own_server.sql(["SET GLOBAL read_only = 0"])
+    lease = pool.borrow()
+    assert lease.connection_id != first
+    assert lease.execute("INSERT INTO users (email, name) VALUES ('ro@example.com', 'R')")[0] == 1
+    lease.release()
+    pool.dispose()
+
+
+def test_read_only_writer_answers_503_only_while_read_only(own_server, own_env, start_gunicorn):
+    """A failover leaves the writer read-only for a while: clean 503s, then writes at once."""
+    env = {**own_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "DB_POOL_SIZE": "2"}
+    server = start_gunicorn(env)
+    url = server.url + "/api/users"
+    write = lambda n: faults.send("POST", url, json={"email": f"w{n}@example.com", "name": "W"})
+    refused = lambda o: o.status == 503
+
+    with faults.Load(write, threads=4) as load:
+        load.wait_for(faults.ok, 20)
+        read_only_from = time.monotonic()
+        own_server.sql(["SET GLOBAL read_only = 1"])
+        try:
+            load.wait_for(refused, 10, since=read_only_from)
+        finally:
+            own_server.sql(["SET GLOBAL read_only = 0"])
+        writable_from = time.monotonic()
+        load.wait_for(faults.ok, 20, since=writable_from + 1)
+    outcomes = load.outcomes
+    print(faults.summary(outcomes, writable_from))
+
+    assert all(faults.ok(o) or o.is_clean_503 for o in outcomes), faults.summary(outcomes)
+    for o in outcomes:
+        if o.status == 503:  # only while read-only
+            assert o.code == "database_unavailable" and o.retry_after == "5"
+            assert o.ended >= read_only_from and o.started <= writable_from
+    assert all(faults.ok(o) for o in outcomes if o.started >= writable_from + 1)
+    assert {r["errno"] for r in gunicorn_log(server, "db_write_refused")} == {1290}
+    assert "Traceback" not in server.output()
+
+
+@pytest.fixture
+def slow_gunicorn(start_gunicorn, monkeypatch):
+    """start_gunicorn serving tests/slow_app.py (the app plus /_test/sleep) with the
+    Procfile's command and gunicorn.conf.py."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "procfile_command",
+                        lambda: localdb.procfile_command(conftest.ROOT, "tests.slow_app:application"))
+    return start_gunicorn
+
+
+def sleeping_query(mysql_server, database, timeout=10):
+    """The id of the connection running SELECT SLEEP in `database`, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = mysql_server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}' "
+                                 "AND INFO LIKE 'SELECT SLEEP%'"])
+        if rows:
+            return rows[0][0]
+        time.sleep(0.02)
+    raise AssertionError("the slow query never started")
+
+
+def test_connection_killed_mid_query_is_never_handed_out_again(db_env, mysql_server, slow_gunicorn):
+    env = {**db_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "1"}
+    server = slow_gunicorn(env)
+    with faults.Load(lambda n: faults.send("GET", server.url + "/_test/sleep?s=1.5"), threads=1) as load:
+        killed = sleeping_query(mysql_server, env["RDS_DB_NAME"])
+        mysql_server.sql([f"KILL CONNECTION {killed}"])
+        load.wait_for(lambda o: True, 1)
+    [victim] = load.outcomes[:1]
+    assert faults.ok(victim) or victim.is_clean_503  # a read is retried once on a fresh connection
+    used = [requests.get(server.url + "/_test/sleep?s=0", timeout=10).json()["connection_id"]
+            for _ in range(10)]
+    assert killed not in used and len(set(used)) == 1  # one new connection, reused from then on
+    assert "Traceback" not in server.output()
+
+
+def test_writes_after_the_server_dropped_idle_connections_succeed(own_server, own_env):
+    """wait_timeout 2 s, connections idle 4 s: the pool must not hand out what the server closed."""
+    own_server.sql(["SET GLOBAL wait_timeout = 2"])  # sessions opened from now on
+    try:
+        app = create_app(own_env)  # DB_POOL_IDLE_PING left at its default, 30 s
+        database = app.extensions["database"]
+        leases = [database.borrow() for _ in range(3)]  # three idle connections in the pool
+        ids = {lease.connection_id for lease in leases}
+        for lease in leases:
+            lease.release()
+        deadline = time.monotonic() + 15
+        while ids & {row[0] for row in own_server.sql(["SELECT ID FROM information_schema.PROCESSLIST"])}:
+            assert time.monotonic() < deadline, "the server kept the idle connections"
+            time.sleep(0.1)
+        client = app.test_client()
+        statuses = [client.post("/api/users", json={"email": f"idle{n}@example.com", "name": "I"}).status_code
+                    for n in range(6)]
+        assert statuses == [201] * 6
+        database.dispose()
+    finally:
+        own_server.sql(["SET GLOBAL wait_timeout = DEFAULT"])
+
+
+def test_exhausted_pools_answer_503_after_the_borrow_timeout_and_leak_nothing(db_env, mysql_server, slow_gunicorn):
+    """256 clients at once, 2 workers with a pool of 2 each, a slow query."""
+    workers, pool_size, borrow_timeout = 2, 2, 0.3
+    env = {**db_env, "WEB_CONCURRENCY": str(workers), "DB_POOL_SIZE": str(pool_size),
+           "DB_POOL_TIMEOUT": str(borrow_timeout)}  # gunicorn.conf.py's 8 threads per worker
+    server = slow_gunicorn(env)
+    database = env["RDS_DB_NAME"]
+    url = server.url + "/_test/sleep?s=0.2"
+    with faults.ConnectionSampler(mysql_server.sql, database) as sampler, \
+            ThreadPoolExecutor(256) as clients:
+        outcomes = list(clients.map(lambda _: faults.send("GET", url, timeout=60), range(256)))
+    print(faults.summary(outcomes, peak_connections=sampler.peak))
+
+    assert all(faults.ok(o) or (o.is_clean_503 and o.code == "database_busy" and o.retry_after == "1")
+               for o in outcomes), faults.summary(outcomes)
+    assert any(faults.ok(o) for o in outcomes) and any(o.status == 503 for o in outcomes)
+    assert 0 < sampler.peak <= workers * pool_size  # never more server connections than pools hold
+    # Queued behind gunicorn's threads the client waits longer; in the app a 503 comes only
+    # after the borrow timeout (the access log times the request inside the worker).
+    busy = [json.loads(line) for line in server.output().splitlines()
+            if line.startswith("{") and '"access"' in line and '"status": 503' in line]
+    assert busy and all(entry["duration_ms"] >= borrow_timeout * 1000 for entry in busy)
+
+    # Afterwards every connection is idle and back in its pool.
+    rows = mysql_server.sql([f"SELECT COMMAND FROM information_schema.PROCESSLIST WHERE DB = '{database}'"])
+    assert 0 < len(rows) <= workers * pool_size and {r[0] for r in rows} == {"Sleep"}
+    seen = {}
+    deadline = time.monotonic() + 15
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, seen
+        body = requests.get(server.url + "/health/ready", timeout=10).json()
+        seen[body["pid"]] = body["pool"]
+    for stats in seen.values():
+        assert stats["in_use"] == 0 and stats["waiting"] == 0 and stats["open"] <= pool_size
