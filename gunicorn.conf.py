@@ -52,22 +52,25 @@ class JsonAccessLogger(Logger):
     def access(self, resp, req, environ, request_time):
         if not self.cfg.accesslog:
             return
-        headers = dict(resp.headers) if isinstance(resp.headers, list) else {}
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "event": "access",
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "status": resp.status_code,
-            "bytes": getattr(resp, "sent", None),
-            "duration_ms": round(request_time.total_seconds() * 1000, 2),
-            "request_id": headers.get("X-Request-Id"),
-            "remote": environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR"),
-            "pid": os.getpid(),
-        }
         try:
+            headers = dict(resp.headers) if isinstance(resp.headers, list) else {}
+            # gunicorn's own error responses (to a request that never reached the app) set only
+            # resp.status, e.g. "400 Bad Request"; status_code comes from start_response.
+            status = getattr(resp, "status_code", None) or int(str(resp.status).split(None, 1)[0])
+            record = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "event": "access",
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "status": status,
+                "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.total_seconds() * 1000, 2),
+                "request_id": headers.get("X-Request-Id"),
+                "remote": environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR"),
+                "pid": os.getpid(),
+            }
             self.access_log.info(json.dumps(record))
-        except Exception:  # noqa: BLE001 - logging must never fail a request
+        except Exception:  # noqa: BLE001 - logging must never fail a request (nor its error page)
             self.exception("access log failed")
 
 
