@@ -16,6 +16,8 @@ import sys
 from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
+from app.config import log_level
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9=;:._\-]{1,200}$")
 
 
@@ -43,14 +45,17 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str | None = "INFO") -> None:
     """Send logs to stdout as JSON (Beanstalk streams web.stdout.log to CloudWatch).
+
+    An unknown LOG_LEVEL is a ConfigError in the same words load_settings would use: this
+    runs before the settings are read, so that reading them logs JSON too.
 
     LOG_LEVEL applies to the app's own loggers only: the root logger, and with it botocore
     and urllib3, stays at WARNING, because at DEBUG botocore logs whole responses, a
     GetSecretValue's password included, and the signing steps of an IAM token.
     """
-    logging.getLogger("app").setLevel(level)
+    logging.getLogger("app").setLevel(log_level(level))
     root = logging.getLogger()
     if any(getattr(h, "_app_json", False) for h in root.handlers):
         return
