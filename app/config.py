@@ -268,12 +268,14 @@ def _describe(err: ValidationError, values: Mapping[str, str]) -> str:
                     or (var == "RDS_PORT" and "RDS_PORT" not in values and ":" in endpoint)):
                 # RDS_ENDPOINT filled this field: name it, with the value the operator wrote.
                 if var == "RDS_PORT":
-                    reason = f"its port {reason[0].lower()}{reason[1:]}"
+                    reason = f"its port: {reason}"
                 var, expected = "RDS_ENDPOINT", (f"{EXPECTED['RDS_HOSTNAME']}; the port after ':' "
                                                  f"{EXPECTED['RDS_PORT']}")
             got = "not set" if var not in values else (
                 "<hidden>" if var in _SECRET_VARS else repr(values[var]))
-            lines.append(f"  {var}: {reason} (got {got}); expected {expected}.")
+            line = f"  {var}: {reason} (got {got}); expected {expected}."
+            if not any(seen.startswith(f"  {var}: ") for seen in lines):  # one line per variable
+                lines.append(line)
         else:
             lines.append(f"  {_reason(problem)}.")
     lines.append(

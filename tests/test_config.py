@@ -197,3 +197,29 @@ def test_readme_table_agrees_with_the_settings():
         choices = re.findall(r"one of: ([^(]+)", EXPECTED[var])
         for choice in choices[0].split(", ") if choices else ():
             assert f"`{choice.strip()}`" in meaning, (var, choice)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({**BASE, "DB_POOL_SIZE": "lots"}, "  DB_POOL_SIZE: "),
+    ({**BASE, "LOG_LEVEL": "verbose"}, "  LOG_LEVEL: is not a log level (got 'verbose')"),
+])
+def test_gunicorn_stops_with_the_message_and_no_traceback(env, expected):
+    """What an operator sees in web.stdout.log when the Procfile's gunicorn cannot load the app."""
+    import os
+    import subprocess
+    import sys
+
+    import localdb
+    from conftest import ROOT, procfile_command
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "LOG_"))}
+    full_env.update(env, WEB_CONCURRENCY="1", PORT=str(localdb.free_port()),
+                    PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(procfile_command(), cwd=ROOT, env=full_env, capture_output=True,
+                            text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert expected in output and "eb setenv" in output
+    assert output.count(expected) == 1
+    assert "Traceback" not in output and "App failed to load" in output
+    assert "s3cret-canary" not in output
