@@ -193,3 +193,34 @@ def test_an_unreadable_secret_after_its_ttl_keeps_the_cached_password(aws, secre
     assert len(calls) == 1  # then retried only after the longest backoff
     events = [r for r in json_lines(capsys.readouterr().out) if r.get("event") == "secret_refresh_failed"]
     assert len(events) == 1 and events[0]["code"] == "ResourceNotFoundException"
+
+
+def test_a_missing_secret_under_gunicorn_and_migrate_is_one_message(monkeypatch):
+    """The two commands an operator runs: the Procfile's gunicorn and the migration."""
+    import os
+    import subprocess
+    import sys
+
+    from moto.server import ThreadedMotoServer
+
+    from conftest import ROOT, procfile_command
+
+    port = localdb.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-AbCdEf"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_"))}
+        env.update(app_env(arn), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                   AWS_ENDPOINT_URL_SECRETS_MANAGER=f"http://127.0.0.1:{port}",
+                   WEB_CONCURRENCY="1", PORT=str(localdb.free_port()),
+                   PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+        for command in (procfile_command(), [sys.executable, "-m", "app.migrate"]):
+            result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=60)
+            output = result.stdout + result.stderr
+            assert result.returncode != 0, output
+            assert f"DB_SECRET_ID: cannot read secret {arn} (ResourceNotFoundException" in output
+            assert "Traceback" not in output and "botocore" not in output
+    finally:
+        server.stop()
