@@ -397,10 +397,15 @@ def managed_master_secret(db_arn: str) -> SecretsManagerPassword:
     return SecretsManagerPassword(secret, _client("secretsmanager", region))
 
 
-def _client(service: str, region: str | None):
+def _client(service: str, region: str | None, timeout: float = 5):
+    """A client whose calls give up within seconds: botocore's defaults (60 s to connect and
+    to read, per attempt) would let a black-holed endpoint hold a request, or a booting
+    worker past gunicorn's timeout. Retries stay botocore's standard mode (3 attempts)."""
     import boto3  # imported here so password mode never loads boto3
+    from botocore.config import Config
 
-    return boto3.session.Session().client(service, region_name=region)
+    return boto3.session.Session().client(service, region_name=region, config=Config(
+        connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard"}))
 
 
 def provider_for(settings: Settings) -> CredentialProvider:
@@ -410,8 +415,9 @@ def provider_for(settings: Settings) -> CredentialProvider:
         return StaticPassword(settings.user, settings.password.get_secret_value())
     region = region_for(settings, settings.aws_region)
     if settings.auth is AuthMode.SECRETS_MANAGER:
-        return SecretsManagerPassword(settings.secret_id, _client("secretsmanager", region),
-                                      user=settings.user)
+        return SecretsManagerPassword(
+            settings.secret_id, _client("secretsmanager", region, settings.connect_timeout),
+            user=settings.user)
     return IamAuthToken(_client("rds", region), settings.host, settings.port, settings.user, region)
 
 

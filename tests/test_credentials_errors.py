@@ -224,3 +224,30 @@ def test_a_missing_secret_under_gunicorn_and_migrate_is_one_message(monkeypatch)
             assert "Traceback" not in output and "botocore" not in output
     finally:
         server.stop()
+
+
+def test_a_silent_secrets_manager_endpoint_fails_within_the_connect_timeout(tmp_path):
+    """A black-holed endpoint (no NAT, no VPC endpoint) must not hold a worker for botocore's
+    default 60 s per attempt: gunicorn would kill the booting worker and start another."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts (the kernel does), never answers
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_"))}
+        env.update(app_env("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-AbCdEf"),
+                   DB_CONNECT_TIMEOUT="1", AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing",
+                   AWS_ENDPOINT_URL_SECRETS_MANAGER=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        result = subprocess.run([sys.executable, "-m", "app.migrate"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=20)
+    finally:
+        silent.close()
+    assert result.returncode != 0
+    assert "(ReadTimeoutError" in result.stderr and "can reach Secrets Manager" in result.stderr
