@@ -45,6 +45,23 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+class WireContentFilter(logging.Filter):
+    """Drops the records in which botocore prints what crosses the wire.
+
+    At DEBUG, botocore.endpoint logs each request's headers and body (a session token, a
+    PutSecretValue's secret), botocore.auth the signing steps (an IAM token's signature and
+    session token), botocore.parsers each response body (a GetSecretValue's password). An
+    operator who turns botocore's logger up still gets its other lines (credential source,
+    retries, endpoints), never these: no list of secret values to redact can be complete.
+    """
+
+    LOGGERS = ("botocore.endpoint", "botocore.auth", "botocore.parsers")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return not any(name == drop or name.startswith(drop + ".") for drop in self.LOGGERS)
+
+
 def configure_logging(level: str | None = "INFO") -> None:
     """Send logs to stdout as JSON (Beanstalk streams web.stdout.log to CloudWatch).
 
@@ -67,6 +84,7 @@ def configure_logging(level: str | None = "INFO") -> None:
         datefmt="%Y-%m-%dT%H:%M:%S%z",
     ))
     handler.addFilter(RequestContextFilter())
+    handler.addFilter(WireContentFilter())
     root.addHandler(handler)
 
 
