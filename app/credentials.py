@@ -106,8 +106,11 @@ class SecretsManagerPassword:
     used only when the secret has none. It is cached for
     SECRET_TTL; when the server refuses the cached password the secret is fetched again,
     and during a rotation window the AWSPENDING version (which the database may already
-    have) is tried before giving up. aws-secretsmanager-caching offers no public forced
-    refresh (its issues #16 and #33), which that window needs, hence this small cache.
+    have) is tried before giving up. Those lookups are shared by the threads of the process
+    and backed off when they do not help (see _after_refusal), so a wrong password cannot
+    turn every connection attempt into Secrets Manager calls. aws-secretsmanager-caching
+    offers no public forced refresh (its issues #16 and #33), which that window needs, hence
+    this small cache.
     """
 
     def __init__(self, secret_id: str, client: Any, user: str | None = None,
@@ -275,9 +278,9 @@ def _secret_failure(err: BaseException, code: str, secret_id: str,
     }
     if isinstance(err, (AwsConnectionError, HTTPClientError)):
         fix = (f"check that the instances can reach Secrets Manager in {region} (a NAT gateway or "
-               "a secretsmanager VPC endpoint); retried later")
+               "a secretsmanager VPC endpoint) and that AWS_REGION is right")
     elif transient:
-        fix = "Secrets Manager is throttling or failing; retried later"
+        fix = "Secrets Manager is throttling or failing: a later attempt may succeed"
     elif status == 403 and code not in fixes:
         fix = fixes["AccessDeniedException"]
     else:
