@@ -223,3 +223,21 @@ def test_gunicorn_stops_with_the_message_and_no_traceback(env, expected):
     assert output.count(expected) == 1
     assert "Traceback" not in output and "App failed to load" in output
     assert "s3cret-canary" not in output
+
+
+def test_the_deployed_defaults_are_valid_settings(tmp_path):
+    """.ebextensions/01-environment.config sets properties on every environment: each must be
+    a documented variable with a value load_settings accepts (a typo there stops every instance)."""
+    import yaml
+
+    from conftest import ROOT
+
+    config = yaml.safe_load((ROOT / ".ebextensions" / "01-environment.config").read_text())
+    properties = config["option_settings"]["aws:elasticbeanstalk:application:environment"]
+    gunicorn = {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"}
+    assert set(properties) <= set(EXPECTED) | gunicorn
+    bundle = tmp_path / "rds.pem"
+    bundle.write_text("x")  # the prebuild hook installs it on an instance
+    env = {k: str(v) for k, v in properties.items() if k in EXPECTED and k != "AWS_REGION"}
+    settings = load_settings({**BASE, **env, "DB_SSL_CA": str(bundle)})
+    assert settings.log_level == "INFO"
