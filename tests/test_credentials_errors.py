@@ -251,3 +251,21 @@ def test_a_silent_secrets_manager_endpoint_fails_within_the_connect_timeout(tmp_
         silent.close()
     assert result.returncode != 0
     assert "(ReadTimeoutError" in result.stderr and "can reach Secrets Manager" in result.stderr
+
+
+def test_iam_without_aws_credentials_is_a_503_naming_the_fix(monkeypatch, tmp_path, capsys):
+    """A token is signed at the first connection, not at startup: without credentials (no
+    instance profile) each connection attempt is a 503 and a log line saying what to attach."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (tmp_path / "ca.pem").write_text("x")
+    app = create_app({"DB_AUTH": "iam", "RDS_HOSTNAME": "127.0.0.1", "RDS_DB_NAME": "ebdb",
+                      "RDS_USERNAME": "app", "AWS_REGION": "eu-west-1",
+                      "DB_SSL_CA": str(tmp_path / "ca.pem")})
+    response, out = assert_503_with_event(app, capsys, "NoCredentialsError",
+                                          "aws_credentials_missing", True)
+    assert "attach an instance profile" in out.out
