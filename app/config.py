@@ -58,6 +58,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_SSL_CA = "/etc/pki/tls/certs/rds-global-bundle.pem"
 _VERIFYING = ("verify-ca", "verify-identity")
 
+
 def _known_level(value: object) -> str:
     """Python's own level names, in any case; logging's aliases (WARN, FATAL, numbers) are refused."""
     if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
@@ -205,6 +206,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         raise ConfigError(_describe(err, values)) from None
 
 
+class _LogLevelOnly(BaseModel):
+    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+
+
 def log_level(value: str | None) -> str:
     """LOG_LEVEL checked as load_settings checks it, for code that runs before the settings."""
     values = {"LOG_LEVEL": value} if value else {}
@@ -212,10 +217,6 @@ def log_level(value: str | None) -> str:
         return _LogLevelOnly.model_validate(values).log_level
     except ValidationError as err:
         raise ConfigError(_describe(err, values)) from None
-
-
-class _LogLevelOnly(BaseModel):
-    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
 
 
 def complete_from_secret(settings: Settings, found: Mapping[str, tuple[str, object]],

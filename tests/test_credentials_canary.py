@@ -10,7 +10,6 @@ JSON, the AWS secret key and session token, and each IAM token's X-Amz-Signature
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
