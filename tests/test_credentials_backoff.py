@@ -38,7 +38,7 @@ class Clock:
 def setup(secret):
     clock = Clock()
     settings = load_settings(app_env(secret))
-    client = boto3.client("secretsmanager", region_name="eu-west-1")
+    client = boto3.session.Session().client("secretsmanager", region_name="eu-west-1")
     provider = SecretsManagerPassword(secret, client, clock=clock)
     settings = complete_settings(settings, provider)
     pool = ConnectionPool(ConnectionOpener(settings, provider), size=THREADS, timeout=10,

@@ -74,7 +74,7 @@ def test_a_missing_secret_stops_startup_with_the_fix(aws):
 
 def test_a_denied_secret_stops_startup_with_the_policy_to_add(aws, secret, db_user):
     settings = load_settings(app_env(secret))
-    client = boto3.client("secretsmanager", region_name="eu-west-1")
+    client = boto3.session.Session().client("secretsmanager", region_name="eu-west-1")
     with Stubber(client) as stub:
         stub.add_client_error("get_secret_value", service_error_code="AccessDeniedException",
                               service_message=DENIED_MESSAGE, http_status_code=400)
@@ -168,7 +168,7 @@ def test_an_unreachable_secrets_manager_during_a_request_is_a_503(db_user, monke
                             "AWS_MAX_ATTEMPTS": "1",
                             "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{port}"}.items():
             monkeypatch.setenv(name, value)
-        arn = boto3.client("secretsmanager", region_name="eu-west-1").create_secret(
+        arn = boto3.session.Session().client("secretsmanager", region_name="eu-west-1").create_secret(
             Name="app/db", SecretString=secret_value(db_user, db_user["password"]))["ARN"]
         app = create_app(app_env(arn))
         assert app.test_client().get("/api/users").status_code == 200
