@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -51,14 +52,26 @@ class SslTrust(str, enum.Enum):
     RDS_PROXY = "rds-proxy"  # and Amazon Root CA 1-4: RDS Proxy endpoints present ACM certificates
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 # Where the deployment puts the RDS CA "global bundle" (see .platform/hooks/prebuild).
 DEFAULT_SSL_CA = "/etc/pki/tls/certs/rds-global-bundle.pem"
 _VERIFYING = ("verify-ca", "verify-identity")
 
+
+def _known_level(value: object) -> str:
+    """Python's own level names, in any case; logging's aliases (WARN, FATAL, numbers) are refused."""
+    if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+        return value.strip().upper()
+    raise ValueError("is not a log level")
+
+
+LogLevel = Annotated[str, BeforeValidator(_known_level)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 WholeSeconds = Annotated[int, Field(ge=1, le=3600)]
 
-# What each variable expects, used in error messages and mirrored in the README's table.
+# What each variable expects: the one source for error messages, and checked against the
+# README's table (tests/test_config.py) so that the two cannot drift apart.
 EXPECTED = {
     "RDS_HOSTNAME": "the database host name (RDS_ENDPOINT is accepted too, optionally as host:port)",
     "RDS_PORT": "a TCP port number between 1 and 65535 (default 3306)",
@@ -75,6 +88,7 @@ EXPECTED = {
                     + " (rds-proxy adds Amazon's root CAs for RDS Proxy endpoints)",
     "DB_BOOTSTRAP_DB_ARN": "the ARN of the RDS instance or Aurora cluster whose RDS-managed master "
                            "secret the leader-only bootstrap reads once to create the app's database user",
+    "LOG_LEVEL": "one of: " + ", ".join(LOG_LEVELS) + " (any case; default INFO)",
     "DB_POOL_SIZE": "an integer from 1 to 200: connections per worker process",
     "DB_POOL_TIMEOUT": "seconds (> 0) a request waits for a free connection before a 503",
     "DB_POOL_MAX_LIFETIME": "seconds (> 0) after which a connection is closed and replaced",
@@ -110,6 +124,7 @@ class Settings(BaseModel):
     ssl_trust: SslTrust = Field(SslTrust.RDS, validation_alias="DB_SSL_TRUST")
     bootstrap_db_arn: str | None = Field(None, validation_alias="DB_BOOTSTRAP_DB_ARN",
                                          pattern=r"^arn:aws(-cn|-us-gov)?:rds:[a-z0-9-]+:\d{12}:(db|cluster):[A-Za-z0-9-]+$")
+    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
     pool_size: int = Field(8, validation_alias="DB_POOL_SIZE", ge=1, le=200)
     pool_timeout: Seconds = Field(2.0, validation_alias="DB_POOL_TIMEOUT")
     pool_max_lifetime: Seconds = Field(1800.0, validation_alias="DB_POOL_MAX_LIFETIME")
@@ -231,18 +246,79 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         raise ConfigError(_describe(err, values)) from None
 
 
+class _LogLevelOnly(BaseModel):
+    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+
+
+def log_level(value: str | None) -> str:
+    """LOG_LEVEL checked as load_settings checks it, for code that runs before the settings."""
+    values = {"LOG_LEVEL": value} if value else {}
+    try:
+        return _LogLevelOnly.model_validate(values).log_level
+    except ValidationError as err:
+        raise ConfigError(_describe(err, values)) from None
+
+
+def complete_from_secret(settings: Settings, found: Mapping[str, tuple[str, object]],
+                         secret_id: str) -> Settings:
+    """The settings with fields taken from a secret, validated as strictly as the environment.
+
+    `found` maps a field to (the secret's key, its value). A bad value is reported as the
+    secret's field, never with the password, which is not among them.
+    """
+    data = {name: getattr(settings, name) for name in Settings.model_fields}
+    data.update({name: value for name, (_key, value) in found.items()})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        lines = [f"Invalid database configuration from the secret {secret_id} (DB_SECRET_ID):"]
+        for problem in err.errors(include_url=False):
+            loc = problem["loc"]
+            name = str(loc[0]) if loc else None
+            reason = _reason(problem)
+            if name in found:
+                var = _FIELD_TO_VAR[name]
+                lines.append(f"  secret {secret_id} field \"{found[name][0]}\": {reason} "
+                             f"(got {found[name][1]!r}); expected {EXPECTED[var]}.")
+            elif name in _FIELD_TO_VAR:
+                lines.append(f"  {_FIELD_TO_VAR[name]}: {reason}; expected {EXPECTED[_FIELD_TO_VAR[name]]}.")
+            else:
+                lines.append(f"  {reason}.")
+        lines.append("Fix the secret's value (Secrets Manager console or `aws secretsmanager "
+                     "put-secret-value`), or set the environment property, which wins over the secret.")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _reason(problem) -> str:
+    if problem["type"] == "missing":
+        return "is required"
+    return problem["msg"].removeprefix("Value error, ")
+
+
 def _describe(err: ValidationError, values: Mapping[str, str]) -> str:
-    lines = ["Invalid database configuration (environment properties):"]
+    lines = ["Invalid configuration (environment properties):"]
     for problem in err.errors(include_url=False, include_input=False):
         loc = problem["loc"]
         if loc:
             var = _FIELD_TO_VAR.get(str(loc[0]), str(loc[0]))
+            reason = _reason(problem)
+            expected = EXPECTED.get(var)
+            endpoint = values.get("RDS_ENDPOINT")
+            if endpoint and not values.get("RDS_HOSTNAME") and (
+                    var in ("RDS_HOSTNAME", "RDS_ENDPOINT")
+                    or (var == "RDS_PORT" and "RDS_PORT" not in values and ":" in endpoint)):
+                # RDS_ENDPOINT filled this field: name it, with the value the operator wrote.
+                if var == "RDS_PORT":
+                    reason = f"its port: {reason}"
+                var, expected = "RDS_ENDPOINT", (f"{EXPECTED['RDS_HOSTNAME']}; the port after ':' "
+                                                 f"{EXPECTED['RDS_PORT']}")
             got = "not set" if var not in values else (
                 "<hidden>" if var in _SECRET_VARS else repr(values[var]))
-            reason = problem["msg"] if problem["type"] != "missing" else "is required"
-            lines.append(f"  {var}: {reason} (got {got}); expected {EXPECTED[var]}.")
+            line = f"  {var}: {reason} (got {got}); expected {expected}."
+            if not any(seen.startswith(f"  {var}: ") for seen in lines):  # one line per variable
+                lines.append(line)
         else:
-            lines.append(f"  {problem['msg'].removeprefix('Value error, ')}.")
+            lines.append(f"  {_reason(problem)}.")
     lines.append(
         "Set them as environment properties (`eb setenv NAME=value` or option_settings in "
         ".ebextensions); for a local database run scripts/run-local, which sets them for you."

@@ -16,6 +16,8 @@ import sys
 from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
+from app.config import log_level
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9=;:._\-]{1,200}$")
 
 
@@ -43,14 +45,34 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
+class WireContentFilter(logging.Filter):
+    """Drops the records in which botocore prints what crosses the wire.
+
+    At DEBUG, botocore.endpoint logs each request's headers and body (a session token, a
+    PutSecretValue's secret), botocore.auth the signing steps (an IAM token's signature and
+    session token), botocore.parsers each response body (a GetSecretValue's password). An
+    operator who turns botocore's logger up still gets its other lines (credential source,
+    retries, endpoints), never these: no list of secret values to redact can be complete.
+    """
+
+    LOGGERS = ("botocore.endpoint", "botocore.auth", "botocore.parsers")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return not any(name == drop or name.startswith(drop + ".") for drop in self.LOGGERS)
+
+
+def configure_logging(level: str | None = "INFO") -> None:
     """Send logs to stdout as JSON (Beanstalk streams web.stdout.log to CloudWatch).
+
+    An unknown LOG_LEVEL is a ConfigError in the same words load_settings would use: this
+    runs before the settings are read, so that reading them logs JSON too.
 
     LOG_LEVEL applies to the app's own loggers only: the root logger, and with it botocore
     and urllib3, stays at WARNING, because at DEBUG botocore logs whole responses, a
     GetSecretValue's password included, and the signing steps of an IAM token.
     """
-    logging.getLogger("app").setLevel(level)
+    logging.getLogger("app").setLevel(log_level(level))
     root = logging.getLogger()
     if any(getattr(h, "_app_json", False) for h in root.handlers):
         return
@@ -62,6 +84,7 @@ def configure_logging(level: str = "INFO") -> None:
         datefmt="%Y-%m-%dT%H:%M:%S%z",
     ))
     handler.addFilter(RequestContextFilter())
+    handler.addFilter(WireContentFilter())
     root.addHandler(handler)
 
 

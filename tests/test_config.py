@@ -1,7 +1,7 @@
 import pytest
 
 from app import create_app
-from app.config import AuthMode, ConfigError, SslMode, load_settings
+from app.config import EXPECTED, AuthMode, ConfigError, SslMode, load_settings
 
 BASE = {"RDS_HOSTNAME": "db.example.internal", "RDS_DB_NAME": "ebdb",
         "RDS_USERNAME": "app", "RDS_PASSWORD": "s3cret-canary"}
@@ -120,3 +120,124 @@ def test_empty_property_means_unset():
 def test_the_app_refuses_to_start_on_bad_configuration():
     with pytest.raises(ConfigError, match="RDS_HOSTNAME"):
         create_app({})
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("mysql://db:3306/", "bare host name"),
+    ("db host", "bare host name"),
+    ("db.example.internal:abc", "port"),
+    ("db.example.internal:70000", "between 1 and 65535"),
+])
+def test_a_bad_rds_endpoint_is_named_as_rds_endpoint(endpoint, expected):
+    """RDS_ENDPOINT feeds host and port: an error in either part names RDS_ENDPOINT and its value."""
+    env = {k: v for k, v in BASE.items() if k != "RDS_HOSTNAME"}
+    with pytest.raises(ConfigError) as err:
+        load_settings({**env, "RDS_ENDPOINT": endpoint})
+    message = str(err.value)
+    assert f"RDS_ENDPOINT: " in message and f"(got {endpoint!r})" in message and expected in message
+    assert "got not set" not in message
+
+
+@pytest.mark.parametrize("value", ["verbose", "5", "warn"])
+def test_an_invalid_log_level_is_a_config_error(value):
+    with pytest.raises(ConfigError) as err:
+        load_settings({**BASE, "LOG_LEVEL": value})
+    assert f"LOG_LEVEL: " in str(err.value) and f"(got {value!r})" in str(err.value)
+    assert EXPECTED["LOG_LEVEL"] in str(err.value)
+
+
+def test_log_level_is_case_insensitive():
+    assert load_settings({**BASE, "LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    assert load_settings(BASE).log_level == "INFO"
+
+
+def test_an_invalid_log_level_stops_create_app_with_the_standard_message():
+    with pytest.raises(ConfigError) as err:
+        create_app({**BASE, "LOG_LEVEL": "verbose"})
+    lines = str(err.value).splitlines()
+    assert lines[0] == "Invalid configuration (environment properties):"
+    assert lines[1] == f"  LOG_LEVEL: is not a log level (got 'verbose'); expected {EXPECTED['LOG_LEVEL']}."
+    assert "eb setenv" in lines[-1]
+
+
+def test_every_message_line_names_a_documented_variable():
+    """Each problem line starts with a variable that EXPECTED (and so the README table) documents."""
+    env = {"RDS_ENDPOINT": "x:y", "RDS_DB_NAME": "", "DB_AUTH": "nope", "DB_POOL_SIZE": "0",
+           "LOG_LEVEL": "loud", "DB_SSL_MODE": "x"}
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    problems = str(err.value).splitlines()[1:-1]
+    assert len(problems) >= 5
+    for line in problems:
+        var = line.strip().split(":")[0]
+        assert var in EXPECTED or var == "RDS_ENDPOINT", line
+
+
+def test_readme_table_agrees_with_the_settings():
+    """EXPECTED and Settings are the source; the README's table must show the same defaults
+    and the same choices, so a changed default or a new choice cannot leave it behind."""
+    import enum
+    import re
+
+    from app.config import Settings, _FIELD_TO_VAR
+    from conftest import ROOT
+
+    rows = {m[1]: (m[2], m[3]) for m in re.finditer(
+        r"^\| `([A-Z_]+)` \| (.*?) \| (.*?) \|$", (ROOT / "README.md").read_text(), re.MULTILINE)}
+    assert set(EXPECTED) <= set(rows)
+    for name, field in Settings.model_fields.items():
+        var = _FIELD_TO_VAR[name]
+        default_cell, meaning = rows[var]
+        default = field.default
+        if isinstance(default, enum.Enum):
+            default = default.value
+        if default is not None:
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert default_cell.startswith(f"`{shown}`"), (var, default_cell)
+        choices = re.findall(r"one of: ([^(]+)", EXPECTED[var])
+        for choice in choices[0].split(", ") if choices else ():
+            assert f"`{choice.strip()}`" in meaning, (var, choice)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({**BASE, "DB_POOL_SIZE": "lots"}, "  DB_POOL_SIZE: "),
+    ({**BASE, "LOG_LEVEL": "verbose"}, "  LOG_LEVEL: is not a log level (got 'verbose')"),
+])
+def test_gunicorn_stops_with_the_message_and_no_traceback(env, expected):
+    """What an operator sees in web.stdout.log when the Procfile's gunicorn cannot load the app."""
+    import os
+    import subprocess
+    import sys
+
+    import localdb
+    from conftest import ROOT, procfile_command
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "LOG_"))}
+    full_env.update(env, WEB_CONCURRENCY="1", PORT=str(localdb.free_port()),
+                    PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(procfile_command(), cwd=ROOT, env=full_env, capture_output=True,
+                            text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert expected in output and "eb setenv" in output
+    assert output.count(expected) == 1
+    assert "Traceback" not in output and "App failed to load" in output
+    assert "s3cret-canary" not in output
+
+
+def test_the_deployed_defaults_are_valid_settings(tmp_path):
+    """.ebextensions/01-environment.config sets properties on every environment: each must be
+    a documented variable with a value load_settings accepts (a typo there stops every instance)."""
+    import yaml
+
+    from conftest import ROOT
+
+    config = yaml.safe_load((ROOT / ".ebextensions" / "01-environment.config").read_text())
+    properties = config["option_settings"]["aws:elasticbeanstalk:application:environment"]
+    gunicorn = {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"}
+    assert set(properties) <= set(EXPECTED) | gunicorn
+    bundle = tmp_path / "rds.pem"
+    bundle.write_text("x")  # the prebuild hook installs it on an instance
+    env = {k: str(v) for k, v in properties.items() if k in EXPECTED and k != "AWS_REGION"}
+    settings = load_settings({**BASE, **env, "DB_SSL_CA": str(bundle)})
+    assert settings.log_level == "INFO"

@@ -26,6 +26,8 @@ from app.credentials import IamAuthToken, provider_for
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
 
+# Clients come from a new boto3 Session each: boto3's default session keeps the credentials it
+# found first, which may be another test module's.
 ACCESS_KEY = "AKIDEXAMPLETESTONLY1"  # not an AWS key: only the checker knows it
 SECRET_KEY = "test-secret-key-for-the-pam-checker-only"
 REGION = "us-east-1"
@@ -149,7 +151,7 @@ def test_garbage_and_expired_tokens_are_refused(iam_env, iam_server):
         with pytest.raises(mysql.connector.Error) as err:
             connect_raw(iam_server, garbage, **ca)
         assert err.value.errno == 1045
-    client = boto3.client("rds", region_name=REGION)
+    client = boto3.session.Session().client("rds", region_name=REGION)
     token = client.generate_db_auth_token(DBHostname="127.0.0.1", Port=iam_server["server"].port,
                                           DBUsername=IAM_USER, Region=REGION)
     connect_raw(iam_server, token, **ca).close()  # valid now
@@ -169,7 +171,7 @@ def test_garbage_and_expired_tokens_are_refused(iam_env, iam_server):
 
 
 def test_no_tls_or_the_wrong_ca_is_refused(iam_env, iam_server):
-    client = boto3.client("rds", region_name=REGION)
+    client = boto3.session.Session().client("rds", region_name=REGION)
     token = client.generate_db_auth_token(DBHostname="127.0.0.1", Port=iam_server["server"].port,
                                           DBUsername=IAM_USER, Region=REGION)
     with pytest.raises(mysql.connector.Error):
@@ -194,7 +196,7 @@ def test_connections_after_the_token_lifetime_get_a_new_token(iam_env, iam_serve
 
     settings = load_settings(iam_env)
     now = [1_000_000.0]
-    provider = IamAuthToken(boto3.client("rds", region_name=REGION), settings.host, settings.port,
+    provider = IamAuthToken(boto3.session.Session().client("rds", region_name=REGION), settings.host, settings.port,
                             settings.user, REGION, clock=lambda: now[0])
     pool = ConnectionPool(ConnectionOpener(settings, provider), size=1, timeout=2,
                           max_lifetime=1800, idle_ping=30)

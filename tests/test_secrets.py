@@ -29,7 +29,7 @@ def aws(monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     with mock_aws():
-        yield boto3.client("secretsmanager", region_name="eu-west-1")
+        yield boto3.session.Session().client("secretsmanager", region_name="eu-west-1")
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import mysql.connector
 from mysql.connector import errorcode
 
 from app.config import AuthMode, Settings, SslMode
-from app.credentials import CredentialProvider
+from app.credentials import CredentialProvider, CredentialsUnavailable
+from app.db.errors import DatabaseMisconfigured, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,19 @@ class ConnectionOpener:
         self._args = connect_arguments(settings, use_pure)
 
     def __call__(self):
+        """A new connection; raises the driver's error, or DatabaseUnavailable (or its
+        DatabaseMisconfigured) when the credential source fails."""
+        try:
+            return self._open()
+        except CredentialsUnavailable as err:
+            log.warning("database credentials unavailable: %s", err,
+                        extra={"event": "db_credentials_unavailable", "code": err.code,
+                               "reason": err.reason, "permanent": err.permanent})
+            if err.permanent:
+                raise DatabaseMisconfigured(str(err), reason=err.reason) from err
+            raise DatabaseUnavailable(str(err)) from err
+
+    def _open(self):
         denied: mysql.connector.Error | None = None
         for creds in self.credentials.candidates():
             try:
@@ -64,6 +78,7 @@ class ConnectionOpener:
                 continue
             if self.settings.ssl_mode is not SslMode.DISABLED:
                 _require_tls(conn)
+            self.credentials.accepted(creds)
             log.info("database connection opened",
                      extra={"event": "db_connect", "connection_id": conn.connection_id,
                             "pid": os.getpid()})
