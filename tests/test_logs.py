@@ -28,5 +28,6 @@ def test_password_never_appears_in_logs_or_responses(make_database, capsys):
               for url in ("/api/users", "/health/ready", "/api/users/1")]
     out = capsys.readouterr()
     assert canary not in out.out + out.err + "".join(bodies)
-    assert any(r.get("event") == "db_unavailable" and r.get("errno") == 1045
+    assert any(r.get("event") == "db_misconfigured" and r.get("errno") == 1045
+               and r.get("reason") == "access_denied"
                for r in json_lines(out.out))

@@ -259,7 +259,7 @@ def test_a_failing_migration_is_named_in_one_line(migrate_env, tmp_path):
 def test_modules_run_without_runpy_warning(module):
     """`python -m app.X` warns if importing the package `app` already imported app.X."""
     result = run_module(module, {})  # no settings: the configuration error, nothing more
-    assert f"{module[4:]}: Invalid database configuration" in no_traceback(result)
+    assert f"{module[4:]}: Invalid configuration" in no_traceback(result)
     assert "RDS_HOSTNAME: is required" in result.stderr
 
 
