@@ -157,6 +157,7 @@ def wait_until_healthy(url: str, timeout: float = 30, *, process: subprocess.Pop
     `output` (a log file or a function returning text). Uses urllib, not requests: run-local's
     virtualenv holds only requirements.txt. Never through a proxy: the server is local.
     """
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -173,7 +174,7 @@ def wait_until_healthy(url: str, timeout: float = 30, *, process: subprocess.Pop
         except urllib.error.HTTPError as err:
             code = err.code
             err.close()
-        except (OSError, ValueError) as err:  # refused, reset, timed out (URLError is an OSError)
+        except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, garbled
             code = None
             last = getattr(err, "reason", None) or err
         if code == status:
