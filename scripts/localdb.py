@@ -244,14 +244,22 @@ class LocalServer:
             raise
         return self
 
+    @property
+    def tmpdir(self) -> Path:
+        """The server's own temp dir: at startup a server deletes every #sql* file in its
+        tmpdir, so with a shared /tmp one server starting broke another's bootstrap."""
+        return self.basedir / "tmp"
+
     def _start(self, flavour: str, server: str, timeout: float) -> None:
         self.basedir.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
         self.port = self.port or free_port()
         fresh = not self.datadir.exists()
         if fresh:
             self._initialize(flavour, server)
         args = [server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket_path}",
                 f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
+                f"--tmpdir={self.tmpdir}",
                 f"--pid-file={self.basedir / 'mysqld.pid'}", "--innodb-buffer-pool-size=64M",
                 f"--log-error={self.basedir / 'error.log'}", *self.extra_args]
         if os.geteuid() == 0:
@@ -269,11 +277,13 @@ class LocalServer:
             install = shutil.which("mariadb-install-db", path=SEARCH_PATH) or shutil.which(
                 "mysql_install_db", path=SEARCH_PATH)
             cmd = [install, "--no-defaults", f"--datadir={self.datadir}",
-                   "--auth-root-authentication-method=normal", "--skip-test-db"]
+                   "--auth-root-authentication-method=normal", "--skip-test-db",
+                   f"--tmpdir={self.tmpdir}"]  # passed on to mariadbd --bootstrap
             if os.geteuid() == 0:
                 cmd.append("--user=root")
         else:
-            cmd = [server, "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}"]
+            cmd = [server, "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}",
+                   f"--tmpdir={self.tmpdir}"]
             if os.geteuid() == 0:
                 cmd.append("--user=root")
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

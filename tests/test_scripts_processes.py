@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -77,6 +78,22 @@ def test_a_server_given_a_directory_keeps_it_but_not_the_process(tmp_path):
         server.start(timeout=30)
     assert (tmp_path / "db" / "data").is_dir()
     assert processes_matching(str(tmp_path / "db")) == ""
+
+
+def test_a_starting_server_leaves_other_servers_temp_files_alone():
+    """A server deletes every #sql* file in its tmpdir at startup: with the shared /tmp, one test's
+    server starting broke another's bootstrap ("Could not remove temporary table ... error: 2")."""
+    canary = Path(tempfile.gettempdir()) / f"#sql-canary-{uuid.uuid4().hex}.MAD"
+    canary.write_text("a temp table of another server")
+    try:
+        server = localdb.LocalServer().start()
+        try:
+            assert server.sql(["SELECT @@tmpdir"]) == [(str(server.tmpdir),)]
+        finally:
+            server.remove()
+        assert canary.exists()
+    finally:
+        canary.unlink(missing_ok=True)
 
 
 # -- one way to stop a process and one way to wait for it --------------------------------------
