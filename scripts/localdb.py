@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin",
                                "/usr/local/mysql/bin"])
@@ -101,6 +102,110 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen | None, timeout: float = 30,
+                 sig: int = signal.SIGTERM) -> int | None:
+    """Stop a child: `sig`, wait up to `timeout` s, then SIGKILL; returns its exit code.
+
+    The one place the scripts and tests stop what they start. A process started with
+    start_new_session=True leads its own group: its leftovers (a gunicorn master's workers,
+    say) are killed with it, so nothing outlives a hung or crashed leader. Harmless to call
+    twice or on a process that already exited.
+    """
+    if process is None:
+        return None
+    leads_group = False
+    if process.poll() is None:
+        try:
+            leads_group = os.getpgid(process.pid) == process.pid
+        except ProcessLookupError:
+            pass
+        try:
+            process.send_signal(sig)
+            process.wait(timeout)
+        except ProcessLookupError:
+            process.wait()
+        except subprocess.TimeoutExpired:
+            if leads_group:
+                _kill_group(process.pid)
+            else:
+                process.kill()
+            process.wait()
+    if leads_group:
+        # The group id stays reserved while any member lives, so this reaches only leftovers.
+        _kill_group(process.pid)
+    return process.returncode
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # nobody left in it
+        pass
+
+
+class NotHealthy(RuntimeError):
+    """A server did not answer as expected in time, or its process exited first."""
+
+
+def wait_until_healthy(url: str, timeout: float = 30, *, process: subprocess.Popen | None = None,
+                       output: Path | Callable[[], str] | None = None, status: int = 200,
+                       interval: float = 0.1) -> int:
+    """Poll GET `url` until it answers `status`; returns that status.
+
+    The one readiness loop of the scripts and tests. When `process` exits first it fails at
+    once instead of waiting out the deadline; the NotHealthy message ends with the tail of
+    `output` (a log file or a function returning text). Uses urllib, not requests: run-local's
+    virtualenv holds only requirements.txt. Never through a proxy: the server is local.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        if process is not None and process.poll() is not None:
+            raise NotHealthy(f"{_program(process)} exited with code {process.returncode} before "
+                             f"{url} answered {status}{_tail(output)}")
+        try:
+            with opener.open(url, timeout=max(0.1, min(2.0, deadline - time.monotonic()))) as response:
+                code = response.status
+        except urllib.error.HTTPError as err:
+            code = err.code
+            err.close()
+        except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, garbled
+            code = None
+            last = getattr(err, "reason", None) or err
+        if code == status:
+            return code
+        if code is not None:
+            last = f"HTTP {code}"
+        if time.monotonic() >= deadline:
+            raise NotHealthy(f"{url} did not answer {status} within {timeout:g} s (last: {last})"
+                             f"{_tail(output)}")
+        time.sleep(interval)
+
+
+def _program(process: subprocess.Popen) -> str:
+    args = process.args if isinstance(process.args, (list, tuple)) else shlex.split(str(process.args))
+    return Path(str(args[0])).name if args else "the process"
+
+
+def _tail(output: Path | Callable[[], str] | None, limit: int = 3000) -> str:
+    if output is None:
+        return ""
+    try:
+        text = output() if callable(output) else Path(output).read_text(errors="replace")
+    except OSError as err:
+        return f"; its output could not be read ({err})"
+    if not text.strip():
+        return "; it printed nothing"
+    if len(text) > limit:
+        text = text[-limit:].partition("\n")[2]  # from the first whole line
+    return f"; its output ends:\n{text}"
+
+
 @dataclass
 class LocalServer:
     """One server process. `start()` returns once it accepts TCP connections."""
@@ -120,6 +225,10 @@ class LocalServer:
         return self.basedir / "mysqld.sock"
 
     def start(self, timeout: float = 60) -> LocalServer:
+        """Start the server; on any failure stop what was started, then raise RuntimeError.
+
+        A temp dir this object made is removed too; a `basedir` the caller gave is left as is.
+        """
         found = find_server()
         if found is None:
             raise RuntimeError("no mariadbd or mysqld found on PATH or in /usr/sbin; install "
@@ -128,13 +237,29 @@ class LocalServer:
         if self.basedir is None:
             self.basedir = Path(tempfile.mkdtemp(prefix="localdb-"))
             self._own_dir = True
+        try:
+            self._start(flavour, server, timeout)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    @property
+    def tmpdir(self) -> Path:
+        """The server's own temp dir: at startup a server deletes every #sql* file in its
+        tmpdir, so with a shared /tmp one server starting broke another's bootstrap."""
+        return self.basedir / "tmp"
+
+    def _start(self, flavour: str, server: str, timeout: float) -> None:
         self.basedir.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
         self.port = self.port or free_port()
         fresh = not self.datadir.exists()
         if fresh:
             self._initialize(flavour, server)
         args = [server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket_path}",
                 f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
+                f"--tmpdir={self.tmpdir}",
                 f"--pid-file={self.basedir / 'mysqld.pid'}", "--innodb-buffer-pool-size=64M",
                 f"--log-error={self.basedir / 'error.log'}", *self.extra_args]
         if os.geteuid() == 0:
@@ -146,18 +271,19 @@ class LocalServer:
         self._wait_ready(timeout)
         if fresh:
             self._create_users()
-        return self
 
     def _initialize(self, flavour: str, server: str) -> None:
         if flavour == "mariadb":
             install = shutil.which("mariadb-install-db", path=SEARCH_PATH) or shutil.which(
                 "mysql_install_db", path=SEARCH_PATH)
             cmd = [install, "--no-defaults", f"--datadir={self.datadir}",
-                   "--auth-root-authentication-method=normal", "--skip-test-db"]
+                   "--auth-root-authentication-method=normal", "--skip-test-db",
+                   f"--tmpdir={self.tmpdir}"]  # passed on to mariadbd --bootstrap
             if os.geteuid() == 0:
                 cmd.append("--user=root")
         else:
-            cmd = [server, "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}"]
+            cmd = [server, "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}",
+                   f"--tmpdir={self.tmpdir}"]
             if os.geteuid() == 0:
                 cmd.append("--user=root")
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -166,9 +292,11 @@ class LocalServer:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        name = Path(self.process.args[0]).name
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.error_log()}")
+                raise RuntimeError(f"{name} for 127.0.0.1:{self.port} exited with code {self.process.returncode} while starting; "
+                                   f"its error log ends:\n{self.error_log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     if self.socket_path.exists():
@@ -176,7 +304,8 @@ class LocalServer:
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"the server did not start within {timeout}s:\n{self.error_log()}")
+        raise RuntimeError(f"{name} did not accept connections on 127.0.0.1:{self.port} within "
+                           f"{timeout:g} s; its error log ends:\n{self.error_log()}")
 
     def error_log(self) -> str:
         path = self.basedir / "error.log"
@@ -209,13 +338,7 @@ class LocalServer:
 
     def stop(self, timeout: float = 30) -> None:
         """Shut down cleanly (SIGTERM), killing only if it hangs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         self.process = None
 
     def remove(self) -> None:

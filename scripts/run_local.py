@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import localdb
@@ -22,13 +22,52 @@ def say(message: str) -> None:
     print(f"run-local: {message}", file=sys.stderr, flush=True)
 
 
-def start_database(stack: list) -> dict[str, str]:
+def configured_database(environ) -> str | None:
+    """The database the environment names, in words; None when it names none."""
+    host = environ.get("RDS_HOSTNAME") or environ.get("RDS_ENDPOINT")
+    if host:
+        if ":" not in host:
+            host = f"{host}:{environ.get('RDS_PORT') or 3306}"
+        who = f" as {environ['RDS_USERNAME']!r}" if environ.get("RDS_USERNAME") else ""
+        return f"database {environ.get('RDS_DB_NAME') or '(RDS_DB_NAME not set)'!r} on {host}{who}"
+    if environ.get("DB_AUTH") == "secretsmanager" and environ.get("DB_SECRET_ID"):
+        return f"the database of secret {environ['DB_SECRET_ID']} (DB_AUTH=secretsmanager)"
+    return None
+
+
+def confirm(database: str, assume_yes: bool) -> None:
+    """Migrating and seeding a database run-local did not start needs a yes; exits otherwise.
+
+    RDS_* left over from a shell that talked to staging or production would otherwise get
+    migrations applied and sample users inserted without a word.
+    """
+    if assume_yes:
+        say(f"--yes: migrating and seeding the configured {database}")
+        return
+    refusal = (f"not touching the configured {database}: run-local would apply the migrations and "
+               "add sample users to it. Pass --yes to do that, or unset RDS_HOSTNAME/RDS_ENDPOINT "
+               "(and DB_AUTH) to use a throwaway local database instead")
+    if not sys.stdin.isatty():
+        raise SystemExit(f"run-local: {refusal}")
+    print(f"run-local: RDS_* name the {database}, not a database this script started.\n"
+          "run-local: apply the migrations to it and add the sample users? [y/N] ",
+          end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise SystemExit(f"run-local: {refusal}")
+
+
+def start_database(stack: list, assume_yes: bool = False) -> dict[str, str]:
     """Environment for the database to use, starting one when none is configured."""
-    if os.environ.get("RDS_HOSTNAME") or os.environ.get("RDS_ENDPOINT"):
-        say(f"using the configured database {os.environ.get('RDS_HOSTNAME') or os.environ['RDS_ENDPOINT']}")
+    configured = configured_database(os.environ)
+    if configured:
+        confirm(configured, assume_yes)
         return {}
     if localdb.find_server():
-        server = localdb.LocalServer().start()
+        try:
+            server = localdb.LocalServer().start()
+        except RuntimeError as err:  # start() has already stopped and removed what it made
+            raise SystemExit(f"run-local: could not start a local database: {err}") from None
         stack.append(server.remove)
         server.create_database("ebdb")
         say(f"started a throwaway {localdb.find_server()[0]} on 127.0.0.1:{server.port} "
@@ -43,12 +82,19 @@ def start_database(stack: list) -> dict[str, str]:
                      "docker: install mariadb-server or Docker, or set the RDS_* variables")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/run-local",
+        description="Serve the API on http://127.0.0.1:$PORT (8000) as Beanstalk does, with a "
+                    "throwaway local database unless RDS_* name one; migrates and seeds it.")
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="migrate and seed the database RDS_* name without asking")
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     cleanup: list = []
     gunicorn = None
     try:
-        env = {**os.environ, **start_database(cleanup)}
+        env = {**os.environ, **start_database(cleanup, args.yes)}
         env.setdefault("PORT", "8000")
         python = sys.executable
         subprocess.run([python, "-m", "app.migrate"], cwd=ROOT, env=env, check=True)
@@ -64,15 +110,11 @@ def main() -> int:
         say(f"{shlex.join(map(str, err.cmd))} failed with exit code {err.returncode}")
         return 1
     finally:
-        if gunicorn is not None and gunicorn.poll() is None:
-            gunicorn.send_signal(signal.SIGTERM)
-            try:
-                gunicorn.wait(35)
-            except subprocess.TimeoutExpired:
-                gunicorn.kill()
+        localdb.stop_process(gunicorn, 35)
         for stop in reversed(cleanup):
             stop()
-        say("stopped")
+        if gunicorn is not None or cleanup:
+            say("stopped")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,6 @@ from urllib.parse import unquote, urlparse
 
 import mysql.connector
 import pytest
-import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -150,34 +148,33 @@ def procfile_command() -> list[str]:
 
 
 class Gunicorn:
-    """gunicorn started with the Procfile command in the repo root, output to a file."""
+    """gunicorn started with the Procfile command in the repo root, output to a file.
+
+    Returns once /health answers 200; one that never does is stopped before the test fails.
+    """
+
+    ready_timeout = 30.0
 
     def __init__(self, env: dict[str, str], log_path: Path, extra_args=()):
         self.port = localdb.free_port()
         full_env = {**os.environ, **env, "PORT": str(self.port)}
         full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
         self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(procfile_command() + list(extra_args), cwd=ROOT,
-                                        env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        with open(log_path, "wb") as log:  # gunicorn writes through its own copy of the descriptor
+            self.process = subprocess.Popen(procfile_command() + list(extra_args), cwd=ROOT,
+                                            env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
-        self._wait()
-
-    def _wait(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise AssertionError(f"gunicorn did not answer /health:\n{self.output()}")
+        try:
+            localdb.wait_until_healthy(self.url + "/health", self.ready_timeout, process=self.process,
+                                       output=self.output)
+        except BaseException as err:
+            self.stop()
+            if isinstance(err, localdb.NotHealthy):
+                raise AssertionError(f"gunicorn did not come up: {err}") from None
+            raise
 
     def output(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self, expect: int = 0, timeout: float = 10) -> set[int]:
@@ -191,14 +188,7 @@ class Gunicorn:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
+        localdb.stop_process(self.process, 30)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import gzip
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 import requests
@@ -121,20 +120,16 @@ def proxied(db_env, start_gunicorn, tmp_path):
     app_port = int(server.url.rsplit(":", 1)[1])
     port = localdb.free_port()
     config = write_config(tmp_path, port, app_port)
-    proc = subprocess.Popen([nginx, "-c", str(config), "-g", "daemon off;"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    log = tmp_path / "nginx.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([nginx, "-c", str(config), "-g", "daemon off;"], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                requests.get(base + "/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.05)
+        localdb.wait_until_healthy(base + "/health", 10, process=proc, output=log)
         yield base
     finally:
-        proc.terminate()
-        proc.wait(10)
+        localdb.stop_process(proc, 10)
 
 
 def test_api_json_is_gzipped_through_nginx(proxied):

@@ -1,46 +1,112 @@
-"""The README's first command: scripts/run-local serves sample data, and Ctrl-C cleans up."""
+"""The README's first command: scripts/run-local serves sample data, and Ctrl-C cleans up.
+
+With RDS_* naming a database it did not start, it asks before migrating and seeding it.
+"""
 
 import os
+import pty
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 import localdb
-from conftest import ROOT
+from conftest import ROOT, connect
 
 
-def test_run_local_serves_sample_users_and_stops_cleanly():
+def start_run_local(tmp_path: Path, extra_env: dict[str, str], args=(), stdin=subprocess.DEVNULL):
+    """./scripts/run-local as its shebang runs it, output to a file; returns (process, port, log)."""
     port = localdb.free_port()
     venv = Path(sys.executable).parent.parent  # reuse the test venv instead of building one
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_"))}
-    env.update({"PORT": str(port), "VENV": str(venv)})
-    proc = subprocess.Popen(["scripts/run-local"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env.update({"PORT": str(port), "VENV": str(venv), **extra_env})
+    log = tmp_path / "run-local.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["scripts/run-local", *args], cwd=ROOT, env=env, stdin=stdin, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, port, log
+
+
+def serves_sample_users_then_stops(proc, port: int, log: Path) -> str:
+    """Waits for /api/users, checks the sample users, Ctrl-C; returns run-local's output."""
     try:
-        deadline = time.monotonic() + 120
-        body = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                response = requests.get(f"http://127.0.0.1:{port}/api/users", timeout=2)
-                if response.status_code == 200:
-                    body = response.json()
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        assert body is not None, "run-local did not serve /api/users"
+        localdb.wait_until_healthy(f"http://127.0.0.1:{port}/api/users", 120, process=proc, output=log)
+        body = requests.get(f"http://127.0.0.1:{port}/api/users", timeout=10).json()
         assert {u["email"] for u in body["data"]} >= {"ada@example.com", "grace@example.com"}
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+        proc.wait(60)
+    output = log.read_text()
     assert proc.returncode == 0, output
-    assert "started a throwaway" in output and "run-local: stopped" in output
+    assert "run-local: stopped" in output
+    return output
+
+
+def tables(env: dict[str, str]) -> list:
+    conn = connect(env)
+    try:
+        cur = conn.cursor()
+        cur.execute("SHOW TABLES")
+        return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_run_local_serves_sample_users_and_stops_cleanly(tmp_path):
+    # Nothing configured and no terminal: no question, a throwaway server.
+    proc, port, log = start_run_local(tmp_path, {})
+    output = serves_sample_users_then_stops(proc, port, log)
+    assert "started a throwaway" in output and "[y/N]" not in output
     datadir = next(line.split("data in ")[1].split(",")[0] for line in output.splitlines()
                    if "data in " in line)
     assert not Path(datadir).exists()  # the throwaway server and its data are gone
     leftover = subprocess.run(["pgrep", "-f", datadir], capture_output=True, text=True)
     assert leftover.stdout == ""
+
+
+def test_run_local_refuses_a_configured_database_without_a_terminal(tmp_path, make_database):
+    env = make_database(migrated=False)
+    proc, _, log = start_run_local(tmp_path, env)
+    assert proc.wait(120) == 1
+    output = log.read_text()
+    where = f"database '{env['RDS_DB_NAME']}' on {env['RDS_HOSTNAME']}:{env['RDS_PORT']} as '{env['RDS_USERNAME']}'"
+    assert f"run-local: not touching the configured {where}" in output, output
+    assert "Pass --yes" in output and "unset RDS_HOSTNAME" in output
+    assert env["RDS_PASSWORD"] not in output
+    assert tables(env) == []  # neither migrated nor seeded
+
+
+@pytest.mark.parametrize("answer", [b"\n", b"n\n", b"y\n"])
+def test_run_local_asks_on_a_terminal_before_touching_a_configured_database(tmp_path, make_database, answer):
+    env = make_database(migrated=False)
+    terminal, stdin = pty.openpty()
+    try:
+        proc, port, log = start_run_local(tmp_path, env, stdin=stdin)
+        os.close(stdin)
+        deadline = time.monotonic() + 60
+        while "[y/N]" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert f"RDS_* name the database '{env['RDS_DB_NAME']}' on {env['RDS_HOSTNAME']}:" in log.read_text()
+        os.write(terminal, answer)
+        if answer == b"y\n":
+            serves_sample_users_then_stops(proc, port, log)
+            assert len(tables(env)) > 0
+        else:
+            assert proc.wait(60) == 1
+            assert "run-local: not touching the configured database" in log.read_text()
+            assert tables(env) == []
+    finally:
+        os.close(terminal)
+
+
+def test_run_local_yes_migrates_and_seeds_a_configured_database_without_asking(tmp_path, make_database):
+    env = make_database(migrated=False)
+    proc, port, log = start_run_local(tmp_path, env, args=["--yes"])
+    output = serves_sample_users_then_stops(proc, port, log)
+    assert f"--yes: migrating and seeding the configured database '{env['RDS_DB_NAME']}'" in output
+    assert "[y/N]" not in output and "started a throwaway" not in output
