@@ -1,7 +1,8 @@
 """No password, secret or token in any log line or response, whatever the log level.
 
 For each DB_AUTH mode the app goes through startup, a first connection, a refused
-credential, a validation error, a database outage and an unhandled exception, at
+credential, a validation error, a TLS failure (a CA that did not sign the server's
+certificate, or a server without TLS), a database outage and an unhandled exception, at
 LOG_LEVEL=DEBUG and with the root logger (botocore, urllib3, mysql.connector...) at DEBUG
 too, as an operator chasing a problem might set it. Everything the app's log handler
 prints and every response body is searched for the canaries: the passwords, the secret's
@@ -38,7 +39,14 @@ def everything_at_debug():
         logger.setLevel(level)
 
 
-def exercise(app, broken_app, break_credentials, mysql_server, database, after_break) -> list[str]:
+@pytest.fixture
+def wrong_ca(tmp_path):
+    """A CA that signed nothing the test servers present."""
+    return str(localdb.make_ca(tmp_path, "unrelated"))
+
+
+def exercise(app, broken_app, break_credentials, mysql_server, database, after_break,
+             tls_app) -> list[str]:
     """Walk the app through the normal and the failing paths; return every response body."""
     client = app.test_client()
     responses = [
@@ -60,6 +68,8 @@ def exercise(app, broken_app, break_credentials, mysql_server, database, after_b
     assert responses[-1].status_code == after_break
     responses.append(broken_app.test_client().get("/api/users"))  # nothing listens: an outage
     assert responses[-1].status_code == 503
+    responses.append(tls_app.test_client().get("/api/users"))  # TLS cannot be verified
+    assert responses[-1].status_code == 503
     return [r.get_data(as_text=True) for r in responses]
 
 
@@ -75,19 +85,20 @@ def assert_nowhere(canaries, capsys, bodies):
     return printed
 
 
-def test_password_mode(db_user, mysql_server, everything_at_debug, capsys):
+def test_password_mode(db_user, mysql_server, everything_at_debug, capsys, wrong_ca):
     env = {**db_user["env"], "RDS_USERNAME": db_user["user"], "RDS_PASSWORD": db_user["password"],
            "LOG_LEVEL": "DEBUG"}
     first = db_user["password"]
     app = create_app(env)
     broken = create_app({**env, "RDS_PORT": str(localdb.free_port())})
+    tls = create_app({**env, "DB_SSL_MODE": "verify-ca", "DB_SSL_CA": wrong_ca})
     bodies = exercise(app, broken, lambda: db_user["set_password"](CANARY.format("changed")),
-                      mysql_server, env["RDS_DB_NAME"], after_break=503)
+                      mysql_server, env["RDS_DB_NAME"], after_break=503, tls_app=tls)
     assert_nowhere([first, db_user["password"]], capsys, bodies)
 
 
 def test_secretsmanager_mode(aws, secret, db_user, mysql_server, monkeypatch, everything_at_debug,
-                             capsys):
+                             capsys, wrong_ca):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
     monkeypatch.setenv("AWS_SESSION_TOKEN", AWS_TOKEN)
     env = app_env(secret, LOG_LEVEL="DEBUG")
@@ -96,22 +107,26 @@ def test_secretsmanager_mode(aws, secret, db_user, mysql_server, monkeypatch, ev
     app = create_app(env)
     broken = create_app({**env, "RDS_PORT": str(localdb.free_port())})
     rotated = CANARY.format("rotated" + uuid.uuid4().hex[:6])
+    tls = create_app({**env, "DB_SSL_MODE": "verify-ca", "DB_SSL_CA": wrong_ca})
     bodies = exercise(app, broken, lambda: rotate_to(aws, secret, db_user, rotated),
-                      mysql_server, db_user["env"]["RDS_DB_NAME"], after_break=200)
+                      mysql_server, db_user["env"]["RDS_DB_NAME"], after_break=200, tls_app=tls)
     printed = assert_nowhere([first, rotated, secret_string, AWS_SECRET, AWS_TOKEN], capsys, bodies)
     assert '"event": "secret_refresh"' in printed  # the refresh did happen
     assert '"level": "DEBUG", "logger": "botocore.' in printed  # its other debug lines are kept
 
 
-def test_iam_mode(iam_env, iam_server, monkeypatch, everything_at_debug, capsys):
+def test_iam_mode(iam_env, iam_server, monkeypatch, everything_at_debug, capsys, wrong_ca):
     env = {**iam_env, "LOG_LEVEL": "DEBUG"}
     monkeypatch.setenv("AWS_SESSION_TOKEN", AWS_TOKEN)  # signed into every token
     app = create_app(env)
-    client = app.extensions["database"].opener.credentials._client
-    tokens = []
-    sign = client.generate_db_auth_token
-    monkeypatch.setattr(client, "generate_db_auth_token", lambda **kw: tokens.append(sign(**kw)) or tokens[-1])
     broken = create_app({**env, "RDS_PORT": str(localdb.free_port())})
+    tls = create_app({**env, "DB_SSL_MODE": "verify-ca", "DB_SSL_CA": wrong_ca})
+    tokens = []
+    for each in (app, tls):  # record every token the apps that reach the server sign
+        client = each.extensions["database"].opener.credentials._client
+        monkeypatch.setattr(client, "generate_db_auth_token",
+                            lambda sign=client.generate_db_auth_token, **kw:
+                            tokens.append(sign(**kw)) or tokens[-1])
     offset = iam_server["work"] / "clock_offset"
 
     class Server:
@@ -123,9 +138,10 @@ def test_iam_mode(iam_env, iam_server, monkeypatch, everything_at_debug, capsys)
         offset.write_text(str(16 * 60))  # the checker now sees every token as expired
 
     try:
-        bodies = exercise(app, broken, refuse_every_token, Server, "iamdb", after_break=503)
+        bodies = exercise(app, broken, refuse_every_token, Server, "iamdb", after_break=503,
+                          tls_app=tls)
     finally:
         offset.write_text("0")
-    assert len(tokens) >= 2  # the first token, and the fresh one tried after the refusal
+    assert len(tokens) >= 3  # the first, the fresh one tried after the refusal, the TLS app's
     signatures = [token.split("X-Amz-Signature=")[1] for token in tokens]
     assert_nowhere([*tokens, *signatures, SECRET_KEY, AWS_TOKEN], capsys, bodies)
