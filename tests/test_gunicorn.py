@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-import faults
 import localdb
 from app import migrate
-from conftest import connect
+from conftest import connect, load_script
+
+faults = load_script("faults")  # the fault report's load machinery
 
 
 def db_connects(output):
@@ -25,8 +26,13 @@ def db_connects(output):
     return found
 
 
+def access_log(server):
+    return [json.loads(line) for line in server.output().splitlines()
+            if line.startswith("{") and '"access"' in line]
+
+
 def hammer(url, n, concurrency):
-    with ThreadPoolExecutor(concurrency) as pool, requests.Session() as _:
+    with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(lambda _: requests.get(url, timeout=30), range(n)))
 
 
@@ -86,10 +92,11 @@ def test_threads_beyond_the_pool_wait_instead_of_failing(db_env, start_gunicorn)
 def test_access_log_is_json_with_request_id(db_env, start_gunicorn):
     server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
     requests.get(server.url + "/api/users", headers={"X-Request-Id": "req-123"}, timeout=10)
-    time.sleep(0.2)
-    access = [json.loads(l) for l in server.output().splitlines()
-              if l.startswith("{") and '"access"' in l]
-    entry = next(a for a in access if a["request_id"] == "req-123")
+    deadline = time.monotonic() + 10  # the worker writes its access line after the response
+    while not (entries := [a for a in access_log(server) if a["request_id"] == "req-123"]):
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    [entry] = entries
     assert entry["method"] == "GET" and entry["path"] == "/api/users" and entry["status"] == 200
     assert entry["duration_ms"] >= 0
 
@@ -136,11 +143,12 @@ def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gu
             ready = requests.get(server.url + "/health/ready", timeout=15)
             assert ready.status_code == 503 and ready.json()["database"] == "unreachable"
             assert requests.get(server.url + "/health", timeout=5).status_code == 200
-            while time.monotonic() < down + 3:  # a few seconds down, under load
-                time.sleep(0.1)
+            time.sleep(max(0.0, down + 3 - time.monotonic()))  # a few seconds down, under load
             restarting = time.monotonic()  # the server may answer before start() returns
             db.start()  # the same port and datadir
             up = time.monotonic()
+            localdb.wait_until_healthy(server.url + "/health/ready", 20, process=server.process,
+                                       output=server.output)  # ready again, by itself
             load.wait_for(faults.ok, 30, since=up + 1)
         outcomes = load.outcomes
         print(faults.summary(outcomes, up))
