@@ -87,7 +87,8 @@ class PoolMetrics:
 
 
 class MetricsEmitter:
-    """A daemon thread that writes one EMF line every `interval` seconds, and a last one at stop.
+    """A daemon thread that writes one EMF line every `interval` seconds, and at stop a last one
+    with the counters of the unfinished interval (if it wrote any before).
 
     Started in the process that owns the pool (a gunicorn worker, after fork), never in the
     master: the pool, and so the emitter, is made on first use. Stopped at interpreter exit,
@@ -107,7 +108,7 @@ class MetricsEmitter:
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
-        """End the thread after one last line (the counters since the previous one)."""
+        """End the thread, after a last line if it wrote any (the counters since the previous)."""
         if self._stop.is_set():
             return
         self._stop.set()
@@ -130,11 +131,14 @@ class MetricsEmitter:
         return True
 
     def _run(self) -> None:
+        wrote = False
         try:
             while not self._stop.wait(self.interval):
                 if not self.emit():
                     return
-            self.emit()
+                wrote = True
+            if wrote:  # a process shorter than one interval (a CLI command) prints nothing
+                self.emit()
         except Exception as err:  # noqa: BLE001 - metrics must never take a worker down
             log.warning("pool metrics stopped: %s", type(err).__name__,
                         extra={"event": "pool_metrics_failed"})

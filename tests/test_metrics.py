@@ -166,7 +166,7 @@ def test_the_thread_writes_every_interval_and_a_last_line_when_stopped(db_env):
     assert sum(parse_emf(line)["DatabaseConnectionBorrows"] for line in lines_of(out)) == 1
 
 
-def test_the_database_starts_one_emitter_per_pool_and_none_when_off(db_env):
+def test_the_database_starts_one_emitter_per_pool_and_none_when_off(db_env, capsys):
     settings = load_settings({**db_env, "METRICS_INTERVAL": "0"})
     off = Database(settings, StaticPassword(settings.user, settings.password.get_secret_value()))
     off.pool.borrow().release()
@@ -177,8 +177,10 @@ def test_the_database_starts_one_emitter_per_pool_and_none_when_off(db_env):
     on = Database(settings, StaticPassword(settings.user, settings.password.get_secret_value()))
     pool = on.pool
     assert on.pool is pool and on._metrics.running and on._metrics.interval == 30
+    on.pool.borrow().release()
     on.dispose()
     assert not on._metrics.running
+    assert '"_aws"' not in capsys.readouterr().out  # shorter than one interval: no line at all
 
 
 def test_gunicorn_workers_emit_metrics_and_the_master_does_not(db_env, start_gunicorn):
