@@ -100,6 +100,13 @@ EXPECTED = {
     "API_KEY_SHA256": "comma-separated SHA-256 hex digests (64 hex characters each) of the "
                       "accepted API keys, as scripts/new-api-key prints them",
     "API_KEYS_SECRET_ID": 'the name or ARN of a secret holding {"api_key_sha256": [digests]}',
+    "METRICS_INTERVAL": "seconds (0-3600) between a worker's pool metrics lines (CloudWatch "
+                        "embedded metric format) on stdout; 0 turns them off (default 60)",
+    "METRICS_NAMESPACE": "a CloudWatch namespace for the pool metrics: 1-255 letters, digits or "
+                         ". - _ / # : and spaces, not starting with AWS/ (default FlaskRdsApp)",
+    "METRICS_ENVIRONMENT": "the value of the metrics' EnvironmentName dimension: 1-255 printable "
+                           "ASCII characters (.ebextensions sets the Beanstalk environment's name; "
+                           "default local)",
 }
 
 
@@ -137,6 +144,12 @@ class Settings(BaseModel):
     api_key_sha256: str | None = Field(None, validation_alias="API_KEY_SHA256")
     api_keys_secret_id: str | None = Field(None, validation_alias="API_KEYS_SECRET_ID",
                                            min_length=1)
+    # Pool metrics as CloudWatch embedded metric format lines on stdout (app/metrics.py).
+    metrics_interval: float = Field(60.0, validation_alias="METRICS_INTERVAL", ge=0, le=3600)
+    metrics_namespace: str = Field("FlaskRdsApp", validation_alias="METRICS_NAMESPACE",
+                                   pattern=r"^[A-Za-z0-9._/#: -]{1,255}$")
+    metrics_environment: str = Field("local", validation_alias="METRICS_ENVIRONMENT",
+                                     pattern=r"^[!-~][ -~]{0,254}$")
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +166,13 @@ class Settings(BaseModel):
             data = {**data, "RDS_ENDPOINT": host}
             data.setdefault("RDS_PORT", port)
         return data
+
+    @field_validator("metrics_namespace")
+    @classmethod
+    def _not_aws_namespace(cls, value: str) -> str:
+        if value.startswith("AWS/"):
+            raise ValueError("must not start with AWS/ (reserved for AWS services)")
+        return value
 
     @field_validator("host")
     @classmethod

@@ -11,6 +11,7 @@ import threading
 
 from flask import Flask, current_app, g
 
+from app import metrics
 from app.config import Settings
 from app.credentials import CredentialProvider
 from app.db.connection import ConnectionOpener
@@ -34,6 +35,7 @@ class Database:
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         self._pid: int | None = None
+        self._metrics: metrics.MetricsEmitter | None = None
 
     @property
     def pool(self) -> ConnectionPool:
@@ -44,6 +46,10 @@ class Database:
             if self._pool is None or self._pid != os.getpid():
                 self._pool = self._new_pool()
                 self._pid = os.getpid()
+                s = self.settings  # this process's pool, this process's metrics thread
+                self._metrics = metrics.start_emitter(
+                    self._pool, interval=s.metrics_interval, namespace=s.metrics_namespace,
+                    environment=s.metrics_environment)
             return self._pool
 
     def _new_pool(self) -> ConnectionPool:
@@ -55,8 +61,11 @@ class Database:
         return self.pool.borrow()
 
     def dispose(self) -> None:
-        """Close this process's idle connections (used at shutdown and by tests)."""
+        """Close this process's idle connections and stop its metrics thread (used at shutdown
+        and by tests)."""
         if self._pool is not None and self._pid == os.getpid():
+            if self._metrics is not None:
+                self._metrics.stop()
             self._pool.dispose()
 
 

@@ -83,6 +83,11 @@ class ConnectionPool:
         self._borrow_timeouts = 0
         self._opened = 0
         self._closed = 0
+        self._open_failures = 0
+        # Borrows since take_borrow_waits() last ran: count, total and longest wait (seconds).
+        self._borrows = 0
+        self._wait_total = 0.0
+        self._wait_max = 0.0
         self._suspect_before = 0.0  # connections opened before this are replaced on checkout
         self._pid = os.getpid()
         self._connections: weakref.WeakSet = weakref.WeakSet()  # open DB-API connections
@@ -104,10 +109,13 @@ class ConnectionPool:
         """
         if self._pid != os.getpid():
             raise RuntimeError("this pool belongs to the parent process; build a new one after fork")
+        started = time.perf_counter()
         with self._lock:
             self._waiting += 1
+        fairy = None
         try:
-            return Lease(self, self._pool.connect())
+            fairy = self._pool.connect()
+            return Lease(self, fairy)
         except sa_exc.TimeoutError:
             with self._lock:
                 self._borrow_timeouts += 1
@@ -116,8 +124,15 @@ class ConnectionPool:
             raise (misconfiguration(err)
                    or DatabaseUnavailable("cannot open a database connection")) from err
         finally:
+            # The wait is recorded under the lock taken anyway: no extra lock per borrow.
+            waited = time.perf_counter() - started
             with self._lock:
                 self._waiting -= 1
+                if fairy is not None:
+                    self._borrows += 1
+                    self._wait_total += waited
+                    if waited > self._wait_max:
+                        self._wait_max = waited
 
     def stats(self) -> dict[str, int]:
         """A snapshot for /health/ready and operators; counters are since process start.
@@ -134,6 +149,19 @@ class ConnectionPool:
             "waiting": self._waiting, "borrow_timeouts": self._borrow_timeouts,
             "opened": opened, "closed": closed,
         }
+
+    def take_borrow_waits(self) -> tuple[int, float, float]:
+        """Successful borrows since the previous call: (count, total wait, longest wait) in
+        seconds, for app/metrics.py. Resets them: one reader per pool."""
+        with self._lock:
+            taken = (self._borrows, self._wait_total, self._wait_max)
+            self._borrows, self._wait_total, self._wait_max = 0, 0.0, 0.0
+        return taken
+
+    @property
+    def open_failures(self) -> int:
+        """Connection attempts that failed (server down, refused, misconfigured), since start."""
+        return self._open_failures
 
     def dispose(self) -> None:
         """Close idle connections (connections in use close when returned)."""
@@ -155,7 +183,12 @@ class ConnectionPool:
 
     # -- pool events -------------------------------------------------------------------
     def _open(self):
-        conn = self._creator()
+        try:
+            conn = self._creator()
+        except BaseException:
+            with self._lock:
+                self._open_failures += 1
+            raise
         with self._lock:
             self._opened += 1
         return conn
