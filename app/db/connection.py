@@ -28,11 +28,16 @@ def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
         time_zone="+00:00",  # TIMESTAMP columns come back in UTC
         charset="utf8mb4",
         collation="utf8mb4_unicode_ci",
-        use_pure=use_pure,  # False: the C extension (mysql.connector.HAVE_CEXT says it loaded)
+        # False: the C extension (mysql.connector.HAVE_CEXT says it loaded). Not for
+        # verify-ca: there the C extension (9.7.0) goes on in cleartext when the server offers
+        # no TLS and sends the login (an IAM token in full) before anything can refuse it; the
+        # pure-Python protocol refuses such a server first (tests/test_tls_downgrade.py).
+        use_pure=use_pure or settings.ssl_mode is SslMode.VERIFY_CA,
     )
     if settings.auth is AuthMode.IAM:
         # The token travels as a cleartext password: only ever inside verified TLS (Settings
-        # refuses IAM below verify-ca, and the driver refuses cleartext without TLS).
+        # refuses IAM below verify-ca; with verify-ca or verify-identity the driver refuses a
+        # server that offers no TLS before it sends the token).
         args["auth_plugin"] = "mysql_clear_password"
     if settings.ssl_mode is SslMode.DISABLED:
         args["ssl_disabled"] = True
