@@ -100,6 +100,8 @@ EXPECTED = {
     "API_KEY_SHA256": "comma-separated SHA-256 hex digests (64 hex characters each) of the "
                       "accepted API keys, as scripts/new-api-key prints them",
     "API_KEYS_SECRET_ID": 'the name or ARN of a secret holding {"api_key_sha256": [digests]}',
+    "FLEET_MAX_INSTANCES": "an integer from 1 to 10000: the Auto Scaling group's MaxSize, for the "
+                           "connection budget (.ebextensions sets both)",
 }
 
 
@@ -137,6 +139,9 @@ class Settings(BaseModel):
     api_key_sha256: str | None = Field(None, validation_alias="API_KEY_SHA256")
     api_keys_secret_id: str | None = Field(None, validation_alias="API_KEYS_SECRET_ID",
                                            min_length=1)
+    # The most instances the environment scales out to (app/db/budget.py); unset: unknown.
+    fleet_max_instances: int | None = Field(None, validation_alias="FLEET_MAX_INSTANCES", ge=1,
+                                            le=10000)
 
     @model_validator(mode="before")
     @classmethod
