@@ -330,7 +330,7 @@ def test_scripts_run_as_their_shebang_says(tmp_path):
     subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
     env = {**os.environ, "PATH": f"{bare / 'bin'}{os.pathsep}{os.environ['PATH']}",
            "VENV": str(Path(PYTHON).parent.parent)}
-    for script in ("bundle", "provision", "rehearse-deploy"):
+    for script in ("bundle", "provision", "rehearse-deploy", "doctor"):
         result = subprocess.run([str(ROOT / "scripts" / script), "--help"], env=env, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-2000:])
