@@ -216,6 +216,30 @@ def test_the_budget_against_a_low_max_connections(env, instances, status, share)
     assert "RDS Proxy" in checks["budget"][1]
 
 
+def test_a_per_user_connection_limit_is_the_budget(env, server):
+    """MAX_USER_CONNECTIONS on the app's account caps it below max_connections."""
+    server["db"].sql(["CREATE USER 'capped'@'127.0.0.1' IDENTIFIED BY 'capped-password' "
+                      "WITH MAX_USER_CONNECTIONS 4",
+                      "GRANT ALL PRIVILEGES ON ebdb.* TO 'capped'@'127.0.0.1'"])
+    try:
+        checks = lines_of(run_doctor({**env, "RDS_USERNAME": "capped", "RDS_PASSWORD": "capped-password"}))
+    finally:
+        server["db"].sql(["DROP USER 'capped'@'127.0.0.1'"])
+    assert checks["budget"][0] == "FAIL"
+    assert "= 5 of max_user_connections 4 (125%)" in checks["budget"][1]
+
+
+def test_a_read_only_server(env, server):
+    """What the writer turns into after a failover, and what an Aurora reader endpoint is."""
+    server["db"].sql(["SET GLOBAL read_only = 1"])
+    try:
+        checks = lines_of(run_doctor(env))
+    finally:
+        server["db"].sql(["SET GLOBAL read_only = 0"])
+    assert checks["privileges"][0] == "FAIL" and "is read-only" in checks["privileges"][1]
+    assert "point RDS_HOSTNAME at the writer" in checks["privileges"][1]
+
+
 def test_a_full_server_is_a_budget_failure(env, server):
     """Every connection taken (1040 Too many connections): the login fails, and the fix is the budget."""
     held = []
