@@ -33,7 +33,8 @@ _SECURITY_GROUPS = (
     "the database's security group must admit this instance's security group on tcp/{port} "
     "(.ebextensions/03-database-ingress.config or scripts/provision add that rule), and the "
     "instance must run in the database's VPC, in subnets whose route tables and network ACLs "
-    "let it reach the database's subnets")
+    "let it reach the database's subnets; from outside the VPC a database that is not publicly "
+    "accessible never answers: run the doctor on an instance (eb ssh)")
 
 
 @dataclass
@@ -167,8 +168,9 @@ class Doctor:
         except socket.gaierror as err:
             return Check("dns", FAIL, f"cannot resolve {host}: {err.strerror or err}",
                          fix="check RDS_HOSTNAME: the endpoint on the database's Connectivity & "
-                             "security tab; a private endpoint resolves only inside its VPC, which "
-                             "needs DNS resolution and DNS hostnames enabled")
+                             "security tab (a deleted or renamed database's endpoint stops "
+                             "resolving); a name from a Route 53 private hosted zone resolves only "
+                             "inside its VPCs, with DNS resolution enabled")
         addresses = sorted({info[4][0] for info in infos})
         return Check("dns", PASS, f"{host} -> {', '.join(addresses)}", data={"addresses": addresses})
 
