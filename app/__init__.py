@@ -26,6 +26,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     from app import auth, cli, db, errors, health, logs, migrate, openapi, users
     from app.config import describe, load_settings
     from app.credentials import complete_settings, provider_for
+    from app.db.budget import budget_for
 
     environ = os.environ if environ is None else environ
     app = Flask(__name__)
@@ -47,10 +48,14 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 
     errors.init_app(app)
     auth.init_app(app, settings)  # API keys, as API_AUTH says
-    db.init_app(app, db.Database(settings, credentials))
+    budget = budget_for(settings, environ)  # workers and pool size, as gunicorn.conf.py sees them
+    db.init_app(app, db.Database(settings, credentials, budget))
     logging.getLogger(__name__).info(
         "database settings", extra={"event": "startup", **describe(settings),
                                     "credentials": credentials.description})
+    # Once per worker (each builds its app after fork): what the fleet may open, no query.
+    logging.getLogger(__name__).info(
+        "connection budget: %s", budget.formula(), extra={"event": "db_budget", **budget.describe()})
     app.register_blueprint(health.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(openapi.bp)

@@ -107,6 +107,8 @@ EXPECTED = {
     "METRICS_ENVIRONMENT": "the value of the metrics' EnvironmentName dimension: 1-255 printable "
                            "ASCII characters (.ebextensions sets the Beanstalk environment's name; "
                            "default local)",
+    "FLEET_MAX_INSTANCES": "an integer from 1 to 10000: the Auto Scaling group's MaxSize, for the "
+                           "connection budget (.ebextensions sets both)",
 }
 
 
@@ -150,6 +152,9 @@ class Settings(BaseModel):
                                    pattern=r"^[A-Za-z0-9._/#: -]{1,255}$")
     metrics_environment: str = Field("local", validation_alias="METRICS_ENVIRONMENT",
                                      pattern=r"^[!-~][ -~]{0,254}$")
+    # The most instances the environment scales out to (app/db/budget.py); unset: unknown.
+    fleet_max_instances: int | None = Field(None, validation_alias="FLEET_MAX_INSTANCES", ge=1,
+                                            le=10000)
 
     @model_validator(mode="before")
     @classmethod

@@ -162,7 +162,7 @@ def eb_parse(eb_venv: Path, lines: list[str]) -> subprocess.CompletedProcess:
 def test_readme_eb_commands_parse_with_the_eb_cli(eb_venv):
     lines = [line for line in readme_lines("eb ") if line.startswith("eb ")]
     assert [shlex.split(line)[1] for line in lines] == ["init", "create", "create", "setenv", "deploy",
-                                                        "health", "logs"]
+                                                        "health", "logs", "ssh"]
     result = eb_parse(eb_venv, lines)
     assert result.returncode == 0, result.stdout + result.stderr
     # The check itself catches a misspelt option and an unknown command.
@@ -330,7 +330,7 @@ def test_scripts_run_as_their_shebang_says(tmp_path):
     subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
     env = {**os.environ, "PATH": f"{bare / 'bin'}{os.pathsep}{os.environ['PATH']}",
            "VENV": str(Path(PYTHON).parent.parent)}
-    for script in ("bundle", "provision", "rehearse-deploy"):
+    for script in ("bundle", "provision", "rehearse-deploy", "doctor"):
         result = subprocess.run([str(ROOT / "scripts" / script), "--help"], env=env, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-2000:])
