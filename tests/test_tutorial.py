@@ -12,8 +12,9 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 
-from conftest import ROOT, procfile_command
+from conftest import ROOT, load_script, procfile_command
 
 import localdb
 
@@ -36,3 +37,42 @@ def test_gunicorns_own_lines_are_json_like_the_apps(tmp_path):
     assert {"time", "level", "message", "pid"} <= set(gunicorn[0])
     assert any(r["message"].startswith("Booting worker") for r in gunicorn)
     assert {"level": "ERROR", "message": "Reason: App failed to load."}.items() <= gunicorn[-1].items()
+
+
+def test_rehearsal_without_the_iac_linters_says_how_to_get_them_before_anything_else(tmp_path):
+    """After the quick start's run-local alone, .venv-iac does not exist yet: the rehearsal stops
+    at once with the command that makes it, instead of after building and unpacking a bundle."""
+    missing = tmp_path / "no-iac-venv"
+    env = {**os.environ, "IAC_VENV": str(missing), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "scripts/rehearse-deploy", "--static-only"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "built " not in result.stdout, result.stdout
+    assert (f"rehearse: FAILED: the IaC linters (cfn-lint, checkov, parliament) are not installed in "
+            f"{missing}: run python3 -m venv {missing} && {missing}/bin/python -m pip install -r "
+            f"requirements-iac.txt (./scripts/test does this too)") in result.stderr, result.stderr
+
+
+def test_bundle_leaves_out_symlinks_that_point_outside_the_project(tmp_path):
+    """A link to a virtualenv, a home directory or /etc is not deployable code: zipping what it
+    points at would ship another machine's files (or secrets); a link inside the project is
+    bundled with what it points at."""
+    bundle = load_script("bundle")
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("application.py", "requirements.txt", "Procfile", ".ebignore"):
+        (project / name).write_bytes((ROOT / name).read_bytes())
+    outside = tmp_path / "outside"
+    (outside / "lib").mkdir(parents=True)
+    (outside / "secret.txt").write_text("not for the bundle")
+    (outside / "lib" / "module.py").write_text("x = 1")
+    (project / "notes.txt").symlink_to(outside / "secret.txt")
+    (project / "venvlink").symlink_to(outside / "lib")
+    (project / "wsgi.py").symlink_to("application.py")  # inside: kept
+    (project / "loop.txt").symlink_to("loop.txt")  # dangling: nothing to read
+    files = bundle.bundle_files(project)
+    assert files == ["Procfile", "application.py", "requirements.txt", "wsgi.py"]
+    built = bundle.build(project, tmp_path / "app.zip")
+    with zipfile.ZipFile(built) as zf:
+        assert zf.read("wsgi.py") == (ROOT / "application.py").read_bytes()
+        assert "notes.txt" not in zf.namelist()
