@@ -14,6 +14,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from conftest import ROOT, load_script, procfile_command
 
 import localdb
@@ -76,3 +78,30 @@ def test_bundle_leaves_out_symlinks_that_point_outside_the_project(tmp_path):
     with zipfile.ZipFile(built) as zf:
         assert zf.read("wsgi.py") == (ROOT / "application.py").read_bytes()
         assert "notes.txt" not in zf.namelist()
+
+
+EXECUTABLES = sorted(p.name for p in (ROOT / "scripts").iterdir() if p.is_file() and os.access(p, os.X_OK))
+
+
+def test_executable_scripts_have_a_shebang_and_modules_are_not_executable():
+    assert {"run-local", "test", "bundle", "rehearse-deploy"} <= set(EXECUTABLES)
+    for name in EXECUTABLES:
+        assert (ROOT / "scripts" / name).read_text().startswith(("#!/usr/bin/env python3\n", "#!/usr/bin/env bash\n")), name
+    for path in (ROOT / "scripts").glob("*.py"):
+        assert not os.access(path, os.X_OK), f"{path.name} is a module: not executable"
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
+        "scripts/bench imports requests before project_venv.ensure: the metrics helper's file; "
+        "fixed when it calls project_venv.ensure('requests', 'mysql.connector') first")))
+    if n == "bench" else n for n in EXECUTABLES])
+def test_each_executable_script_runs_from_a_shell_without_the_virtualenv(name):
+    """`./scripts/<name> --help` with only the system's python3 on PATH (a new terminal, nothing
+    activated): each script finds or makes .venv itself and answers with its usage."""
+    env = {"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    result = subprocess.run([f"./scripts/{name}", "--help"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.lower().startswith("usage:"), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
