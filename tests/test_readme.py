@@ -1,5 +1,6 @@
 """The README is a tutorial that cannot rot: its commands are the ones the tests and CI run."""
 
+import ast
 import json
 import os
 import re
@@ -24,12 +25,70 @@ def test_first_two_commands_run_the_app_and_the_tests():
     assert ci[-1] == second  # CI runs exactly the README's test command
 
 
-def test_every_setting_is_documented():
-    table = {m[1] for m in re.finditer(r"^\| `([A-Z0-9_]+)` \|", README, re.MULTILINE)}
-    gunicorn_vars = set(re.findall(r'_int\(\s*"([A-Z_]+)"', (ROOT / "gunicorn.conf.py").read_text()))
-    gunicorn_vars |= set(re.findall(r"_int\('([A-Z_]+)'", (ROOT / "gunicorn.conf.py").read_text()))
-    assert gunicorn_vars == {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"}
-    assert set(EXPECTED) | gunicorn_vars | {"LOG_LEVEL"} == table
+def table_after(heading_text: str, nth: int = 0) -> dict[str, str]:
+    """{variable: whole row} of the `nth` table under the section `heading_text`."""
+    section = README.split(f"\n## {heading_text}\n", 1)[1].split("\n## ", 1)[0]
+    tables = re.findall(r"((?:^\|.*\|\n)+)", section, re.MULTILINE)
+    return {m[1]: m[0] for m in re.finditer(r"^\| `([A-Z0-9_]+)` \|.*$", tables[nth], re.MULTILINE)}
+
+
+APP_NAME = re.compile(r"^(?:(?:RDS|DB|AWS|API|LOG|GUNICORN|WEB)_[A-Z0-9_]+|PORT)$")
+SHELL_ONLY = {"HOME", "PATH", "PWD", "LANG"}  # the machine's, not the project's
+
+
+def os_environ_reads(tree: ast.AST) -> set[str]:
+    """Names read with os.environ.get/os.environ[...]/os.getenv and gunicorn.conf.py's _int."""
+    found = set()
+    for node in ast.walk(tree):
+        target, key = None, None
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            target, key = ast.unparse(node.func), node.args[0].value
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            target, key = ast.unparse(node.value) + ".__getitem__", node.slice.value
+        if isinstance(key, str) and target in ("os.environ.get", "os.getenv", "os.environ.__getitem__", "_int"):
+            found.add(key)
+    return found
+
+
+def app_reads() -> set[str]:
+    """Every variable name the app and gunicorn.conf.py mention as a string of its own (a dict
+    key, a field alias, an environ lookup), and every os.environ lookup there."""
+    names = set()
+    for path in [*ROOT.glob("app/**/*.py"), ROOT / "gunicorn.conf.py", ROOT / "application.py"]:
+        tree = ast.parse(path.read_text())
+        names |= os_environ_reads(tree)
+        names |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                  and isinstance(n.value, str) and APP_NAME.match(n.value)}
+    return names
+
+
+def script_reads() -> set[str]:
+    """What the scripts, CI and the tests' setup read from the environment."""
+    names = set()
+    for path in [*(ROOT / "scripts").iterdir(), *(ROOT / ".ci").iterdir(), ROOT / "tests" / "conftest.py"]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if text.startswith("#!/usr/bin/env bash"):
+            names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", text))
+        else:
+            names |= os_environ_reads(ast.parse(text))
+    return names - SHELL_ONLY
+
+
+def test_every_setting_the_code_reads_is_documented_and_every_row_is_read():
+    settings, scripts = table_after("Configuration", 0), table_after("Configuration", 1)
+    read_by_app = app_reads()
+    # gunicorn.conf.py's settings, found by the same scan that finds the app's.
+    assert {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT", "LOG_LEVEL"} <= read_by_app
+    assert set(EXPECTED) <= read_by_app
+    documented = set(settings) | {n for row in settings.values() for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)}
+    assert read_by_app - documented == set(), "read by the app, missing in the Configuration table"
+    assert set(settings) - read_by_app == set(), "in the Configuration table, read by nothing"
+    read_by_scripts = script_reads()
+    assert {"VENV", "PYTHON", "IAC_VENV", "TEST_DATABASE_URL"} <= read_by_scripts
+    assert read_by_scripts - documented - set(scripts) == set(), "read by a script, documented nowhere"
+    assert set(scripts) - read_by_scripts == set(), "in the scripts' table, read by no script"
 
 
 @pytest.fixture
