@@ -105,7 +105,6 @@ def block_containing(text: str, language: str = "sh") -> str:
     return block
 
 
-TRY_IT = "/api/users?limit=2'"
 # What differs from run to run in the "Try it" output: ids, times, pids, the pool's counters.
 VOLATILE = [(re.compile(r'"(id|pid|next_after|open|in_use|idle|waiting|borrow_timeouts|opened|closed)":\d+'),
              r'"\1":N'),
@@ -133,7 +132,7 @@ def shell(name: str) -> str:
 def test_try_it_prints_what_the_readme_shows_every_time(seeded_server, shell_name):
     """The block as a reader pastes it, twice (it must clean up after itself), in bash and in
     zsh (macOS's shell, where an unquoted ? is a glob that fails)."""
-    block = block_containing(TRY_IT)
+    block = block_containing("/api/users?limit=2'")
     expected = normalized(block_containing('"next_after":2}', "text"))
     host = seeded_server.url.removeprefix("http://")
     for _ in range(2):

@@ -7,12 +7,16 @@ README names exists and is read; every executable script runs as its shebang say
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +109,182 @@ def test_each_executable_script_runs_from_a_shell_without_the_virtualenv(name):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.lower().startswith("usage:"), result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- the README's shell blocks: each is run by a test or marked ---------------------------------
+README = ROOT / "README.md"
+NOT_RUN = "<!-- not run: needs an AWS account -->"
+
+
+@dataclass
+class Block:
+    line: int  # of the opening fence, 1-based
+    text: str
+    marked: bool  # the line before the fence is NOT_RUN
+
+    def commands(self) -> list[str]:
+        return [c.strip() for c in self.text.splitlines() if c.strip() and not c.strip().startswith("#")]
+
+
+def sh_blocks() -> list[Block]:
+    lines = README.read_text().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i] == "```sh":
+            end = lines.index("```", i + 1)
+            blocks.append(Block(i + 1, "\n".join(lines[i + 1:end]), i > 0 and lines[i - 1] == NOT_RUN))
+            i = end
+        i += 1
+    return blocks
+
+
+def claims_in_tests() -> tuple[set[str], set[str]]:
+    """String literals the tests look README commands up with: readme_lines("…") finds lines,
+    block_containing("…") and is_block(block, "…") whole blocks."""
+    lines, blocks = set(), set()
+    for path in (ROOT / "tests").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func).rsplit(".", 1)[-1]
+            literal = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            if name == "readme_lines" and literal:
+                lines.add(literal[0])
+            elif name in ("block_containing", "is_block") and literal:
+                blocks.add(literal[0])
+    return lines, blocks
+
+
+def unclaimed(block: Block) -> list[str]:
+    """The block's command lines that no test looks up."""
+    lines, blocks = claims_in_tests()
+    if any(text in block.text for text in blocks):
+        return []
+    return [c for c in block.commands() if not any(text in c for text in lines)]
+
+
+def is_block(block: Block, containing: str) -> bool:
+    """Whether `block` has `containing` in it; a literal `containing` claims the block (see
+    claims_in_tests), so a test that runs a block says so by asking this."""
+    return containing in block.text
+
+
+def test_every_readme_command_is_run_by_a_test_or_marked():
+    """A command nobody runs rots: each line of an sh block is looked up by a test (and run there,
+    against moto for AWS), or its block is marked as needing a real AWS account."""
+    assert len(sh_blocks()) >= 10 and README.read_text().count("```sh") == len(sh_blocks())
+    problems = [f"README.md:{b.line}: {line}" for b in sh_blocks() if not b.marked for line in unclaimed(b)]
+    assert problems == [], (f"not run by any test (look it up with readme_lines in the test that "
+                            f"runs it) and not marked {NOT_RUN!r} on the line before the fence:\n"
+                            + "\n".join(problems))
+    # The marker stands right before a fence, nowhere else.
+    text = README.read_text()
+    assert text.count(NOT_RUN) == text.count(NOT_RUN + "\n```sh\n")
+
+
+def test_the_claims_check_notices_an_unclaimed_command():
+    assert unclaimed(Block(1, "./scripts/run-local\n./scripts/no-such-script --now", False)) == [
+        "./scripts/no-such-script --now"]
+
+
+GENERATED = {".ebextensions/06-https-listener.config": "scripts/provision"}  # written, not shipped
+
+
+def test_every_path_the_readme_names_exists():
+    """A renamed script, module, hook or test breaks this, not the reader."""
+    text = README.read_text()
+    paths = set(re.findall(r"(?<![\w./-])((?:scripts|app|tests|\.ebextensions|\.platform|\.ci)/[\w./-]*[\w/])", text))
+    paths |= set(re.findall(r"^\| `([^`]+\.(?:py|txt|yml|conf|config|sh)|Procfile|\.ebignore)`", text, re.MULTILINE))
+    assert len(paths) > 30
+    for path in sorted(paths):
+        if path in GENERATED:
+            assert Path(path).name in (ROOT / GENERATED[path]).read_text(), path
+            continue
+        assert (ROOT / path).exists(), f"README names {path}, which does not exist"
+    # Every script a reader can run is named in the README.
+    for name in EXECUTABLES:
+        assert f"scripts/{name}" in text or f"`{name}`" in text, name
+
+
+# -- the walk: a fresh clone, the README's commands in the README's order -----------------------
+def git_clone(tmp_path: Path) -> Path:
+    """The committed project as a newcomer gets it, with the virtualenvs this run already has
+    linked in (installing them again would take minutes; the scripts' own checks still run)."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=60)
+    (clone / ".venv").symlink_to(sys.prefix)
+    for name in (".venv-iac", ".venv-eb"):
+        if (ROOT / name).exists():
+            (clone / name).symlink_to((ROOT / name).resolve())
+    return clone
+
+
+def bash(script: str, clone: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_fresh_clone_walk(tmp_path, make_database, eb_venv):
+    """On a fresh clone, the README's commands in the order shown, as a reader runs them: each
+    works or stops with a message that says what to do. The slow ones run shortened, and in full
+    elsewhere: the whole suite (./scripts/test) in CI, the whole rehearsal in tests/test_deploy.py,
+    the benchmark only by hand (minutes)."""
+    from test_readme import normalized
+
+    clone = git_clone(tmp_path)
+    port = localdb.free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RDS_", "DB_", "API_", "VENV", "IAC_VENV", "PYTEST", "VIRTUAL_ENV"))}
+    env["PATH"] = "/usr/bin:/bin:/usr/sbin:/sbin"  # a new terminal: nothing activated
+    done = []
+    run_local = None
+    log = tmp_path / "run-local.log"
+    try:
+        for block in sh_blocks():
+            if block.marked:
+                continue
+            text = block.text.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            if is_block(block, "./scripts/run-local"):
+                with open(log, "wb") as out:  # terminal 1: it keeps serving
+                    run_local = subprocess.Popen(["bash", "-c", text], cwd=clone, env={**env, "PORT": str(port)},
+                                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            elif is_block(block, "./scripts/test"):  # terminal 2, while run-local starts
+                result = bash(text + " --collect-only -q tests/test_config.py", clone, env, 300)
+                assert result.returncode == 0 and " collected" in result.stdout, result.stdout + result.stderr
+            elif is_block(block, "/api/users?limit=2'"):
+                localdb.wait_until_healthy(f"http://127.0.0.1:{port}/api/users", 120, process=run_local, output=log)
+                result = bash(text, clone, env)
+                assert result.returncode == 0 and result.stderr == "", result.stderr
+                expected = [b for b in re.findall(r"```text\n(.*?)```", README.read_text(), re.DOTALL)
+                            if '"next_after":2}' in b]
+                assert normalized(result.stdout) == normalized(expected[0])
+            elif is_block(block, '"admin": true'):
+                result = bash(text, clone, env)
+                assert json.loads(result.stdout)["error"]["code"] == "validation_error"
+            elif is_block(block, "scripts/new-api-key"):
+                result = bash(text, clone, env)
+                assert result.returncode == 0 and "API_KEY_SHA256=" in result.stdout, result.stderr
+            elif is_block(block, "-m app.migrate"):  # with RDS_* naming a database
+                result = bash(text, clone, {**env, **make_database(migrated=False)})
+                assert result.returncode == 0 and '"event": "migrate"' in result.stdout, result.stderr
+            elif is_block(block, "scripts/rehearse-deploy"):
+                result = bash(text + " --static-only", clone, env, 300)
+                assert result.returncode == 0, result.stdout + result.stderr
+                assert "rehearse: passed" in result.stdout
+            elif is_block(block, "./scripts/install-eb-cli"):
+                result = bash(text + "\neb --version", clone, env, 600)
+                assert result.returncode == 0 and "EB CLI" in result.stdout, result.stdout + result.stderr
+            elif is_block(block, "scripts/bench"):
+                result = bash(text.split("#")[0].strip() + " --help", clone, env)
+                assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
+            else:  # run by the test that looks it up (the AWS ones against moto)
+                assert not unclaimed(block), block.text
+                continue
+            done.append(block.line)
+        assert run_local is not None and len(done) >= 9, done
+        assert run_local.poll() is None, log.read_text()  # still serving after all of it
+    finally:
+        if run_local is not None:
+            os.killpg(run_local.pid, signal.SIGINT)  # Ctrl-C in terminal 1
+            run_local.wait(60)
+    assert run_local.returncode == 0 and "run-local: stopped" in log.read_text(), log.read_text()
