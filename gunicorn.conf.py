@@ -47,7 +47,21 @@ forwarded_allow_ips = "127.0.0.1"  # trust X-Forwarded-* only from the local ngi
 
 
 class JsonAccessLogger(Logger):
-    """Access log lines as JSON, with the request id the app assigned."""
+    """Access log lines as JSON, with the request id the app assigned; gunicorn's own lines
+    (starting, booting a worker, a worker timeout or crash) as JSON too, so that every line
+    gunicorn writes to web.stdout.log parses like the app's."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        from pythonjsonlogger.json import JsonFormatter
+
+        formatter = JsonFormatter(
+            "{asctime}{levelname}{name}{message}{process}", style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                           "process": "pid"},
+            datefmt="%Y-%m-%dT%H:%M:%S%z")
+        for handler in self.error_log.handlers:
+            handler.setFormatter(formatter)
 
     def access(self, resp, req, environ, request_time):
         if not self.cfg.accesslog:

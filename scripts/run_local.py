@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,32 @@ def confirm(database: str, assume_yes: bool) -> None:
         raise SystemExit(f"run-local: {refusal}")
 
 
+def port_taken(port: int) -> bool:
+    """Whether gunicorn could not bind 127.0.0.1:`port` (it sets SO_REUSEADDR too)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_port(raw: str) -> None:
+    """Stop at once when the port is taken, naming one that is free.
+
+    gunicorn would find out only after the database, migrations and seed, then retry five
+    times and exit with lines that do not say what to do. An invalid PORT is left to
+    gunicorn.conf.py, which names the variable and the range.
+    """
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535 or not port_taken(int(raw)):
+        return
+    free = next((p for p in range(int(raw) + 1, min(int(raw) + 100, 65536)) if not port_taken(p)), None)
+    fix = f"PORT={free} ./scripts/run-local" if free else "PORT=<a free port> ./scripts/run-local"
+    raise SystemExit(f"run-local: 127.0.0.1:{raw} is already in use (another run-local or server "
+                     f"is listening there): stop it, or serve on another port: {fix}")
+
+
 def start_database(stack: list, assume_yes: bool = False) -> dict[str, str]:
     """Environment for the database to use, starting one when none is configured."""
     configured = configured_database(os.environ)
@@ -91,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="migrate and seed the database RDS_* name without asking")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    check_port(os.environ.get("PORT") or "8000")
     cleanup: list = []
     gunicorn = None
     try:
         env = {**os.environ, **start_database(cleanup, args.yes)}
-        env.setdefault("PORT", "8000")
+        env["PORT"] = env.get("PORT") or "8000"
         python = sys.executable
         subprocess.run([python, "-m", "app.migrate"], cwd=ROOT, env=env, check=True)
         subprocess.run([python, "-m", "flask", "--app", "application", "seed"], cwd=ROOT, env=env,

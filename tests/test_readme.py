@@ -1,8 +1,10 @@
 """The README is a tutorial that cannot rot: its commands are the ones the tests and CI run."""
 
+import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -23,12 +25,70 @@ def test_first_two_commands_run_the_app_and_the_tests():
     assert ci[-1] == second  # CI runs exactly the README's test command
 
 
-def test_every_setting_is_documented():
-    table = {m[1] for m in re.finditer(r"^\| `([A-Z0-9_]+)` \|", README, re.MULTILINE)}
-    gunicorn_vars = set(re.findall(r'_int\(\s*"([A-Z_]+)"', (ROOT / "gunicorn.conf.py").read_text()))
-    gunicorn_vars |= set(re.findall(r"_int\('([A-Z_]+)'", (ROOT / "gunicorn.conf.py").read_text()))
-    assert gunicorn_vars == {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"}
-    assert set(EXPECTED) | gunicorn_vars | {"LOG_LEVEL"} == table
+def table_after(heading_text: str, nth: int = 0) -> dict[str, str]:
+    """{variable: whole row} of the `nth` table under the section `heading_text`."""
+    section = README.split(f"\n## {heading_text}\n", 1)[1].split("\n## ", 1)[0]
+    tables = re.findall(r"((?:^\|.*\|\n)+)", section, re.MULTILINE)
+    return {m[1]: m[0] for m in re.finditer(r"^\| `([A-Z0-9_]+)` \|.*$", tables[nth], re.MULTILINE)}
+
+
+APP_NAME = re.compile(r"^(?:(?:RDS|DB|AWS|API|LOG|GUNICORN|WEB)_[A-Z0-9_]+|PORT)$")
+SHELL_ONLY = {"HOME", "PATH", "PWD", "LANG"}  # the machine's, not the project's
+
+
+def os_environ_reads(tree: ast.AST) -> set[str]:
+    """Names read with os.environ.get/os.environ[...]/os.getenv and gunicorn.conf.py's _int."""
+    found = set()
+    for node in ast.walk(tree):
+        target, key = None, None
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            target, key = ast.unparse(node.func), node.args[0].value
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            target, key = ast.unparse(node.value) + ".__getitem__", node.slice.value
+        if isinstance(key, str) and target in ("os.environ.get", "os.getenv", "os.environ.__getitem__", "_int"):
+            found.add(key)
+    return found
+
+
+def app_reads() -> set[str]:
+    """Every variable name the app and gunicorn.conf.py mention as a string of its own (a dict
+    key, a field alias, an environ lookup), and every os.environ lookup there."""
+    names = set()
+    for path in [*ROOT.glob("app/**/*.py"), ROOT / "gunicorn.conf.py", ROOT / "application.py"]:
+        tree = ast.parse(path.read_text())
+        names |= os_environ_reads(tree)
+        names |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                  and isinstance(n.value, str) and APP_NAME.match(n.value)}
+    return names
+
+
+def script_reads() -> set[str]:
+    """What the scripts, CI and the tests' setup read from the environment."""
+    names = set()
+    for path in [*(ROOT / "scripts").iterdir(), *(ROOT / ".ci").iterdir(), ROOT / "tests" / "conftest.py"]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if text.startswith("#!/usr/bin/env bash"):
+            names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", text))
+        else:
+            names |= os_environ_reads(ast.parse(text))
+    return names - SHELL_ONLY
+
+
+def test_every_setting_the_code_reads_is_documented_and_every_row_is_read():
+    settings, scripts = table_after("Configuration", 0), table_after("Configuration", 1)
+    read_by_app = app_reads()
+    # gunicorn.conf.py's settings, found by the same scan that finds the app's.
+    assert {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT", "LOG_LEVEL"} <= read_by_app
+    assert set(EXPECTED) <= read_by_app
+    documented = set(settings) | {n for row in settings.values() for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)}
+    assert read_by_app - documented == set(), "read by the app, missing in the Configuration table"
+    assert set(settings) - read_by_app == set(), "in the Configuration table, read by nothing"
+    read_by_scripts = script_reads()
+    assert {"VENV", "PYTHON", "IAC_VENV", "TEST_DATABASE_URL"} <= read_by_scripts
+    assert read_by_scripts - documented - set(scripts) == set(), "read by a script, documented nowhere"
+    assert set(scripts) - read_by_scripts == set(), "in the scripts' table, read by no script"
 
 
 @pytest.fixture
@@ -39,19 +99,60 @@ def seeded_server(db_env, start_gunicorn):
     return start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
 
 
-def test_try_it_commands_work(seeded_server):
-    try_it = blocks("sh")[2]
+def block_containing(text: str, language: str = "sh") -> str:
+    """The one README block in `language` that contains `text` (blocks move as sections are added)."""
+    [block] = [b for b in blocks(language) if text in b]
+    return block
+
+
+# What differs from run to run in the "Try it" output: ids, times, pids, the pool's counters.
+VOLATILE = [(re.compile(r'"(id|pid|next_after|open|in_use|idle|waiting|borrow_timeouts|opened|closed)":\d+'),
+             r'"\1":N'),
+            (re.compile(r"No user with id \d+"), "No user with id N"),
+            (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"), "TIME")]
+
+
+def normalized(output: str) -> str:
+    for pattern, replacement in VOLATILE:
+        output = pattern.sub(replacement, output)
+    return output
+
+
+def shell(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        message = f"{name} is not installed (apt-get install {name})"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run installs it")
+        pytest.skip(message)
+    return found
+
+
+@pytest.mark.parametrize("shell_name", ["bash", "zsh"])
+def test_try_it_prints_what_the_readme_shows_every_time(seeded_server, shell_name):
+    """The block as a reader pastes it, twice (it must clean up after itself), in bash and in
+    zsh (macOS's shell, where an unquoted ? is a glob that fails)."""
+    block = block_containing("/api/users?limit=2'")
+    expected = normalized(block_containing('"next_after":2}', "text"))
     host = seeded_server.url.removeprefix("http://")
-    for line in try_it.strip().splitlines():
-        result = subprocess.run(["bash", "-c", line.replace("127.0.0.1:8000", host)],
-                                capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, (line, result.stderr)
-        if "DELETE" in line:
-            assert result.stdout.strip() == "204"
+    for _ in range(2):
+        result = subprocess.run([shell(shell_name), "-c", block.replace("127.0.0.1:8000", host)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert normalized(result.stdout) == expected
+
+
+def test_every_url_with_a_query_is_quoted_for_zsh():
+    """zsh (macOS's default shell) takes an unquoted ? or & in a pasted URL as a glob or a
+    background job; every README command line quotes its URLs."""
+    for line in (line for b in blocks("sh") for line in b.splitlines()):
+        for url in re.findall(r"\S*https?://\S+", line):
+            if any(c in url for c in "?&*["):
+                assert url[0] in "'\"", line
 
 
 def test_documented_error_example_is_what_the_api_says(seeded_server):
-    command = blocks("sh")[3].strip()
+    command = block_containing('"admin": true').strip()
     host = seeded_server.url.removeprefix("http://")
     result = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", host)],
                             capture_output=True, text=True, timeout=30)

@@ -5,7 +5,9 @@ With RDS_* naming a database it did not start, it asks before migrating and seed
 
 import os
 import pty
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,3 +112,20 @@ def test_run_local_yes_migrates_and_seeds_a_configured_database_without_asking(t
     output = serves_sample_users_then_stops(proc, port, log)
     assert f"--yes: migrating and seeding the configured database '{env['RDS_DB_NAME']}'" in output
     assert "[y/N]" not in output and "started a throwaway" not in output
+
+
+def test_run_local_says_which_port_to_use_when_its_port_is_taken(tmp_path):
+    """Port 8000 held by something else: one line with the fix, at once, before any database."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc, _, log = start_run_local(tmp_path, {"PORT": str(port)})
+        try:
+            assert proc.wait(30) != 0
+        finally:
+            localdb.stop_process(proc, 5)
+    output = log.read_text()
+    assert f"run-local: 127.0.0.1:{port} is already in use" in output, output
+    assert re.search(r"PORT=\d+ \./scripts/run-local", output), output
+    assert "serving on" not in output and "started a throwaway" not in output

@@ -44,7 +44,8 @@ _page_json = TypeAdapter(UserPage)
 
 
 def _json(adapter: TypeAdapter, value, status: int = 200) -> Response:
-    return Response(adapter.dump_json(value), status=status, mimetype="application/json")
+    # Ends with a newline like Flask's jsonify (errors, health), so curl's output ends its line.
+    return Response(adapter.dump_json(value) + b"\n", status=status, mimetype="application/json")
 
 
 def _not_found(user_id: int) -> APIError:
