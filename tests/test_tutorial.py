@@ -96,11 +96,7 @@ def test_executable_scripts_have_a_shebang_and_modules_are_not_executable():
         assert not os.access(path, os.X_OK), f"{path.name} is a module: not executable"
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
-        "scripts/bench imports requests before project_venv.ensure: the metrics helper's file; "
-        "fixed when it calls project_venv.ensure('requests', 'mysql.connector') first")))
-    if n == "bench" else n for n in EXECUTABLES])
+@pytest.mark.parametrize("name", EXECUTABLES)
 def test_each_executable_script_runs_from_a_shell_without_the_virtualenv(name):
     """`./scripts/<name> --help` with only the system's python3 on PATH (a new terminal, nothing
     activated): each script finds or makes .venv itself and answers with its usage."""
