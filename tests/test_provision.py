@@ -840,3 +840,18 @@ def test_destroy_waits_for_eb_terminate_and_spares_a_role_it_did_not_create(aws,
         with pytest.raises(SystemExit) as exited:
             run(capsys, *args)
         assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_secret_destroy_scheduled_for_deletion_is_not_reused(aws, capsys):
+    """Secrets Manager keeps a deleted secret, readable by describe_secret, for its recovery
+    window: provision must not point the app at it."""
+    args = ("--auth", "secretsmanager", "--create-secret", "--create-role")
+    assert run(capsys, *args)[0] == 0
+    assert run(capsys, "--destroy", "--yes")[0] == 0
+    arn = aws["sm"].describe_secret(SecretId="appdb/app")["ARN"]
+    code, out, err = run(capsys, *args)
+    assert code == 2, out
+    assert "secret appdb/app is scheduled for deletion" in err
+    assert f"aws secretsmanager restore-secret --secret-id {arn}" in err
+    aws["sm"].restore_secret(SecretId=arn)
+    assert run(capsys, *args)[0] == 0
