@@ -785,6 +785,7 @@ def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
     assert f"dry run: {len(planned)} deletion(s) planned, none made; run again with --yes" in dry
     assert f"provision: {len(planned)} deletion(s) made" in done
     assert "provision: nothing left to delete" in again and "  done " not in again, again
+    assert "security group appdb-app-instances" in again and "has provision's name but not its tag" in again
 
     after = everything(aws)
     groups = aws["ec2"].describe_security_groups()["SecurityGroups"]
