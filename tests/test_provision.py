@@ -856,3 +856,27 @@ def test_a_secret_destroy_scheduled_for_deletion_is_not_reused(aws, capsys):
     assert f"aws secretsmanager restore-secret --secret-id {arn}" in err
     aws["sm"].restore_secret(SecretId=arn)
     assert run(capsys, *args)[0] == 0
+
+
+def test_destroy_prints_the_delete_commands_for_each_kind_and_works_after_the_database_is_gone(aws, capsys):
+    make_cluster(aws)
+    code, out, _ = run(capsys, "--destroy", target=("--db-instance", "appcluster-1"))  # a member means its cluster
+    assert code == 0
+    snapshot = f"appcluster-final-{datetime.date.today():%Y%m%d}"
+    assert [line.strip() for line in out.splitlines() if line.startswith("  aws rds")] == [
+        f"aws rds delete-db-instance --db-instance-identifier appcluster-{i} --region {REGION}" for i in (1, 2)] + [
+        f"aws rds delete-db-cluster --db-cluster-identifier appcluster --final-db-snapshot-identifier {snapshot} "
+        f"--region {REGION}"]
+    make_proxy(aws)
+    code, out, _ = run(capsys, "--destroy", target=("--db-proxy", "app-proxy"))
+    assert code == 0 and f"aws rds delete-db-proxy --db-proxy-name app-proxy --region {REGION}" in out
+
+    # The database deleted first: what provision made for it is found by its tag all the same.
+    assert run(capsys, "--auth", "iam", "--create-role")[0] == 0
+    aws["rds"].delete_db_instance(DBInstanceIdentifier="appdb", SkipFinalSnapshot=True)
+    code, out, err = run(capsys, "--destroy", "--yes")
+    assert code == 0, err
+    assert "appdb not found; looking for what provision created for it" in out
+    assert "done      delete security group appdb-app-instances" in out and f"done      delete role {ROLE}" in out
+    assert not aws["ec2"].describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": ["appdb-app-instances"]}])["SecurityGroups"]
