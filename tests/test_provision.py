@@ -752,6 +752,10 @@ def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
     aws["sm"].create_secret(Name="appdb/reporting", SecretString="{}",
                             Tags=[{"Key": provision.TAG_KEY, "Value": "otherdb"}])
     aws["iam"].create_role(RoleName="someone-else", AssumeRolePolicyDocument=json.dumps(provision.EC2_TRUST))
+    # A role provision made for another database keeps its policies: they may be that database's.
+    make_instance(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, "otherdb")
+    assert run(capsys, "--auth", "iam", "--create-role", "--role-name", "other-ec2",
+               target=("--db-instance", "otherdb"))[0] == 0
     beanstalk_leftovers()
     ours = aws["sm"].describe_secret(SecretId="appdb/app")["ARN"]
     before = everything(aws)
@@ -786,6 +790,9 @@ def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
     assert f"provision: {len(planned)} deletion(s) made" in done
     assert "provision: nothing left to delete" in again and "  done " not in again, again
     assert "security group appdb-app-instances" in again and "has provision's name but not its tag" in again
+    code, out, _ = run(capsys, "--destroy", "--yes", "--role-name", "other-ec2")
+    assert code == 0 and "role other-ec2 was created by scripts/provision for otherdb: kept with its policies" in out
+    assert aws["iam"].list_role_policies(RoleName="other-ec2")["PolicyNames"] == ["app-database-access"]
 
     after = everything(aws)
     groups = aws["ec2"].describe_security_groups()["SecurityGroups"]
@@ -793,7 +800,7 @@ def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
     assert [g["VpcId"] == aws["vpc"] for g in groups if g["GroupName"] == "appdb-app-instances"] == [False]
     rules = aws["ec2"].describe_security_groups(GroupIds=[aws["db_group"]])["SecurityGroups"][0]["IpPermissions"]
     assert [p["GroupId"] for r in rules for p in r["UserIdGroupPairs"]] == [other]
-    assert ROLE not in after["roles"] and "someone-else" in after["roles"] and after["profiles"] == []
+    assert ROLE not in after["roles"] and "someone-else" in after["roles"] and after["profiles"] == ["other-ec2"]
     assert after["secrets"] == sorted(set(before["secrets"]) - {"appdb/app"})  # the master secret stays
     assert after["log_groups"] == [g for g in before["log_groups"] if "someone-elses-env" in g]
     assert after["objects"] == ["other-app/app-v1.zip"]
@@ -876,7 +883,7 @@ def test_destroy_prints_the_delete_commands_for_each_kind_and_works_after_the_da
     aws["rds"].delete_db_instance(DBInstanceIdentifier="appdb", SkipFinalSnapshot=True)
     code, out, err = run(capsys, "--destroy", "--yes")
     assert code == 0, err
-    assert "appdb not found; looking for what provision created for it" in out
+    assert "no RDS instance 'appdb' in eu-west-1" in out and "looking for what provision created for appdb by its tag" in out
     assert "done      delete security group appdb-app-instances" in out and f"done      delete role {ROLE}" in out
     assert not aws["ec2"].describe_security_groups(Filters=[
         {"Name": "group-name", "Values": ["appdb-app-instances"]}])["SecurityGroups"]
