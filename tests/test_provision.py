@@ -887,3 +887,47 @@ def test_destroy_prints_the_delete_commands_for_each_kind_and_works_after_the_da
     assert "done      delete security group appdb-app-instances" in out and f"done      delete role {ROLE}" in out
     assert not aws["ec2"].describe_security_groups(Filters=[
         {"Name": "group-name", "Values": ["appdb-app-instances"]}])["SecurityGroups"]
+
+
+AWS_CLI_GLOBAL = {"--region", "--query", "--output", "--profile"}
+
+
+def aws_cli_problems(line: str) -> list[str]:
+    """What is wrong with an `aws <service> <operation> --option …` line, by botocore's service
+    model: the AWS CLI names each operation and option after the API's, in kebab case."""
+    import botocore.session
+    from botocore import xform_name
+
+    args = shlex.split(line.split("   #")[0])
+    service, operation, options = args[1], args[2], [a for a in args[3:] if a.startswith("--")]
+    if service == "s3":  # the hand-written high-level s3 commands
+        return [] if operation in ("rm", "ls", "cp") else [f"aws s3 {operation}"]
+    model = botocore.session.get_session().get_service_model(service)
+    names = {xform_name(name, "-"): name for name in model.operation_names}
+    if operation not in names:
+        return [f"aws {service} has no {operation}"]
+    members = {xform_name(m, "-") for m in model.operation_model(names[operation]).input_shape.members}
+    return [f"aws {service} {operation} has no {o}" for o in options
+            if o not in AWS_CLI_GLOBAL and o[2:] not in members and o.removeprefix("--no-") not in members]
+
+
+def test_the_aws_commands_destroy_prints_exist(aws, capsys):
+    make_cluster(aws)
+    make_proxy(aws)
+    assert run(capsys, "--auth", "secretsmanager", "--create-secret", "--create-role")[0] == 0
+    aws["rds"].modify_db_instance(DBInstanceIdentifier="appdb", EnableIAMDatabaseAuthentication=True,
+                                  ApplyImmediately=True)
+    printed = ""
+    for target in (("--db-instance", "appdb"), ("--db-cluster", "appcluster"), ("--db-proxy", "app-proxy")):
+        code, out, err = run(capsys, "--destroy", target=target)
+        assert code == 0, err
+        printed += out
+    lines = [m for m in re.findall(r"(aws [a-z0-9-]+ [a-z-]+ [^)\n]*)", printed)]
+    operations = {" ".join(line.split()[:3]) for line in lines}
+    assert operations >= {"aws rds delete-db-instance", "aws rds delete-db-cluster", "aws rds delete-db-proxy",
+                          "aws rds modify-db-instance", "aws secretsmanager restore-secret", "aws logs delete-log-group",
+                          "aws logs describe-log-groups", "aws s3 rm", "aws elasticbeanstalk delete-application"}
+    for line in lines:
+        assert not aws_cli_problems(line), (line, aws_cli_problems(line))
+    assert aws_cli_problems("aws rds delete-db-instance --db-instance-identifier x --final-snapshot y") == [
+        "aws rds delete-db-instance has no --final-snapshot"]
