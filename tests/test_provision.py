@@ -931,3 +931,12 @@ def test_the_aws_commands_destroy_prints_exist(aws, capsys):
         assert not aws_cli_problems(line), (line, aws_cli_problems(line))
     assert aws_cli_problems("aws rds delete-db-instance --db-instance-identifier x --final-snapshot y") == [
         "aws rds delete-db-instance has no --final-snapshot"]
+
+
+def test_the_aws_commands_the_readme_quotes_exist():
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index("## Troubleshooting a first deploy"), text.index("## Benchmark")
+    spans = [" ".join(s.split()) for s in re.findall(r"`(aws\s+[a-z0-9-]+\s+[a-z-]+[^`]*)`", text[start:end])]
+    assert len(spans) >= 8
+    for span in spans:
+        assert not aws_cli_problems(span), (span, aws_cli_problems(span))
