@@ -145,3 +145,18 @@ def test_too_many_connections_is_logged_as_quoted(small_server, capsys):
     [record] = [r for r in logged if r.get("event") == "db_unavailable"]
     assert record["errno"] == 1040
     assert f"`{record['message']}`" in section(), record["message"]
+
+
+def test_the_eb_commands_these_sections_quote_parse_with_the_eb_cli(eb_venv):
+    """Inline `eb …` commands of Troubleshooting, Choosing and Cost and teardown, checked as
+    tests/test_deploy.py checks the walkthrough's: against the EB CLI's own argument definitions."""
+    from test_deploy import eb_parse
+
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index(SECTION), text.index("## Benchmark")
+    spans = {" ".join(s.split()) for s in re.findall(r"`(eb\s+[a-z]+[^`]*)`", text[start:end])}
+    # Placeholders stand for values: give the parser one; the prose names `eb setenv` alone too.
+    spans = sorted(re.sub(r"<[^>]+>|…", "x", s) + (" NAME=value" if s == "eb setenv" else "") for s in spans)
+    assert {s.split()[1] for s in spans} >= {"events", "logs", "setenv", "terminate", "deploy"}
+    result = eb_parse(eb_venv, spans)
+    assert result.returncode == 0, result.stdout + result.stderr
