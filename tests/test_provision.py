@@ -671,7 +671,7 @@ def test_readme_provision_commands(aws, capsys, tmp_path):
     # The walkthrough's database has an RDS-managed master password (--bootstrap-user needs one).
     aws["rds"].modify_db_instance(DBInstanceIdentifier="appdb", ManageMasterUserPassword=True,
                                   ApplyImmediately=True)
-    lines = readme_lines("scripts/provision --db-instance")
+    lines = [line for line in readme_lines("scripts/provision --db-instance") if "--destroy" not in line]
     assert len(lines) == 3 and lines[0].endswith("--dry-run")
     outputs = []
     for line in lines:
@@ -704,3 +704,239 @@ def test_readme_eb_create_lines_match_what_provision_prints(aws, capsys):
     for readme, printed in zip(creates, (eb_create(private_out), eb_create(public_out))):
         assert [a for a in readme if a.startswith("-")] == [a for a in printed if a.startswith("-")]
         assert flag(readme, "--instance_profile") == ROLE
+
+
+# -- teardown: --destroy deletes what provision created, and nothing else ---------------------
+APP = "flask-rds-app"
+ENV = "flask-rds-prod"
+BUCKET = f"elasticbeanstalk-{REGION}-{ACCOUNT}"
+
+
+def everything(aws):
+    """state() plus what Beanstalk leaves behind, and the database itself."""
+    logs, s3, eb = (boto3.client(s, REGION) for s in ("logs", "s3", "elasticbeanstalk"))
+    return {**state(aws),
+            "roles": sorted(r["RoleName"] for r in aws["iam"].list_roles()["Roles"]),
+            "log_groups": sorted(g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]),
+            "objects": sorted(o["Key"] for b in s3.list_buckets()["Buckets"]
+                              for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])),
+            "applications": sorted(a["ApplicationName"] for a in eb.describe_applications()["Applications"]),
+            "databases": sorted(i["DBInstanceIdentifier"] for i in aws["rds"].describe_db_instances()["DBInstances"])}
+
+
+def beanstalk_leftovers():
+    """What `eb terminate` leaves: its environments' log groups (DeleteOnTerminate false in 01),
+    the source bundles the EB CLI uploaded under <application>/, and the application."""
+    logs, s3, eb = (boto3.client(s, REGION) for s in ("logs", "s3", "elasticbeanstalk"))
+    for env in (ENV, "someone-elses-env"):
+        for name in ("var/log/web.stdout.log", "var/log/eb-engine.log"):
+            logs.create_log_group(logGroupName=f"/aws/elasticbeanstalk/{env}/{name}")
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    for key in (f"{APP}/app-v1.zip", f"{APP}/app-v2.zip", "other-app/app-v1.zip"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"PK")
+    eb.create_application(ApplicationName=APP)
+    eb.create_application(ApplicationName="other-app")
+
+
+def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
+    aws["rds"].modify_db_instance(DBInstanceIdentifier="appdb", ManageMasterUserPassword=True, ApplyImmediately=True)
+    code, _, err = run(capsys, "--auth", "secretsmanager", "--create-secret", "--create-role", "--bootstrap-user")
+    assert code == 0, err
+    # What is not provision's: a group admitted to the database by someone else, a secret and a
+    # role of its own, a group with provision's name but without its tag (made by hand).
+    other = aws["ec2"].create_security_group(GroupName="bastion", Description="x", VpcId=aws["vpc"])["GroupId"]
+    aws["ec2"].authorize_security_group_ingress(GroupId=aws["db_group"], IpPermissions=[{
+        "IpProtocol": "tcp", "FromPort": 3306, "ToPort": 3306, "UserIdGroupPairs": [{"GroupId": other}]}])
+    aws["ec2"].create_security_group(GroupName="appdb-app-instances", Description="x",
+                                     VpcId=aws["ec2"].create_vpc(CidrBlock="10.5.0.0/16")["Vpc"]["VpcId"])
+    aws["sm"].create_secret(Name="appdb/reporting", SecretString="{}",
+                            Tags=[{"Key": provision.TAG_KEY, "Value": "otherdb"}])
+    aws["iam"].create_role(RoleName="someone-else", AssumeRolePolicyDocument=json.dumps(provision.EC2_TRUST))
+    # A role provision made for another database keeps its policies: they may be that database's.
+    make_instance(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, "otherdb")
+    assert run(capsys, "--auth", "iam", "--create-role", "--role-name", "other-ec2",
+               target=("--db-instance", "otherdb"))[0] == 0
+    beanstalk_leftovers()
+    ours = aws["sm"].describe_secret(SecretId="appdb/app")["ARN"]
+    before = everything(aws)
+
+    lines = readme_lines("--destroy")
+    assert [line.endswith("--yes") for line in lines] == [False, True]
+    outputs = []
+    for line in [*lines, lines[-1]]:  # the last one twice: a second run finds nothing
+        args = shlex.split(line)
+        assert args[:2] == [".venv/bin/python", "scripts/provision"]
+        code, out, err = run(capsys, *args[2:], target=())
+        assert code == 0, out + err
+        outputs.append(out)
+        if len(outputs) == 1:
+            assert everything(aws) == before  # the dry run deletes nothing
+
+    dry, done, again = outputs
+    planned = [f"revoke tcp/3306 into {aws['db_group']} from appdb-app-instances",
+               "delete security group appdb-app-instances",
+               f"take role {ROLE} out of instance profile {ROLE}", f"delete instance profile {ROLE}",
+               f"remove inline policy app-database-access from role {ROLE}",
+               f"remove inline policy app-database-bootstrap from role {ROLE}",
+               f"detach AWSElasticBeanstalkWebTier from role {ROLE}", f"delete role {ROLE}",
+               f"delete secret appdb/app (recoverable for 7 days: aws secretsmanager restore-secret --secret-id {ours})",
+               f"delete log group /aws/elasticbeanstalk/{ENV}/var/log/eb-engine.log",
+               f"delete log group /aws/elasticbeanstalk/{ENV}/var/log/web.stdout.log",
+               f"delete 2 source bundle(s) under s3://{BUCKET}/{APP}/",
+               f"delete Elastic Beanstalk application {APP}"]
+    for step in planned:
+        assert f"  would     {step}" in dry and f"  done      {step}" in done, step
+    assert f"dry run: {len(planned)} deletion(s) planned, none made; run again with --yes" in dry
+    assert f"provision: {len(planned)} deletion(s) made" in done
+    assert "provision: nothing left to delete" in again and "  done " not in again, again
+    assert "security group appdb-app-instances" in again and "has provision's name but not its tag" in again
+    code, out, _ = run(capsys, "--destroy", "--yes", "--role-name", "other-ec2")
+    assert code == 0 and "role other-ec2 was created by scripts/provision for otherdb: kept with its policies" in out
+    assert aws["iam"].list_role_policies(RoleName="other-ec2")["PolicyNames"] == ["app-database-access"]
+
+    after = everything(aws)
+    groups = aws["ec2"].describe_security_groups()["SecurityGroups"]
+    # provision's group is gone from the database's VPC; the untagged one of the same name stays.
+    assert [g["VpcId"] == aws["vpc"] for g in groups if g["GroupName"] == "appdb-app-instances"] == [False]
+    rules = aws["ec2"].describe_security_groups(GroupIds=[aws["db_group"]])["SecurityGroups"][0]["IpPermissions"]
+    assert [p["GroupId"] for r in rules for p in r["UserIdGroupPairs"]] == [other]
+    assert ROLE not in after["roles"] and "someone-else" in after["roles"] and after["profiles"] == ["other-ec2"]
+    assert after["secrets"] == sorted(set(before["secrets"]) - {"appdb/app"})  # the master secret stays
+    assert after["log_groups"] == [g for g in before["log_groups"] if "someone-elses-env" in g]
+    assert after["objects"] == ["other-app/app-v1.zip"]
+    assert after["applications"] == ["other-app"]
+    assert after["databases"] == before["databases"]  # never the database: the commands instead
+    today = datetime.date.today().strftime("%Y%m%d")
+    assert (f"aws rds delete-db-instance --db-instance-identifier appdb --final-db-snapshot-identifier "
+            f"appdb-final-{today} --region {REGION}") in done
+
+
+def test_destroy_waits_for_eb_terminate_and_spares_a_role_it_did_not_create(aws, capsys):
+    aws["iam"].create_role(RoleName="app-ec2", AssumeRolePolicyDocument=json.dumps(provision.EC2_TRUST))
+    aws["iam"].put_role_policy(RoleName="app-ec2", PolicyName="their-own", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                                 "Resource": "arn:aws:s3:::their-bucket/*"}]}))
+    assert run(capsys, "--auth", "iam", "--role-name", "app-ec2")[0] == 0
+    group = aws["ec2"].describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": ["appdb-app-instances"]}])["SecurityGroups"][0]["GroupId"]
+    # An instance of the environment still holds the group: nothing is deleted.
+    interface = aws["ec2"].create_network_interface(SubnetId=aws["private"][0], Groups=[group])["NetworkInterface"]
+    before = state(aws)
+    code, out, err = run(capsys, "--destroy", "--role-name", "app-ec2", "--yes")
+    assert code == 2 and "still attached to 1 network interface(s)" in err and "eb terminate" in err
+    assert state(aws) == before
+    aws["ec2"].delete_network_interface(NetworkInterfaceId=interface["NetworkInterfaceId"])
+    # A live environment keeps the application's leftovers out of reach too.
+    eb = boto3.client("elasticbeanstalk", REGION)
+    eb.create_application(ApplicationName=APP)
+    eb.create_environment(ApplicationName=APP, EnvironmentName=ENV, SolutionStackName="64bit Amazon Linux 2023")
+    code, _, err = run(capsys, "--destroy", "--role-name", "app-ec2", "--application", APP)
+    assert code == 2 and f"application {APP} still has environment(s) {ENV} (Ready)" in err
+
+    code, out, err = run(capsys, "--destroy", "--role-name", "app-ec2", "--yes")
+    assert code == 0, err
+    assert "remove inline policy app-database-access from role app-ec2" in out
+    assert "role app-ec2 was not created by scripts/provision for appdb" in out
+    assert aws["iam"].list_role_policies(RoleName="app-ec2")["PolicyNames"] == ["their-own"]
+    assert "stays enabled on appdb" in out  # provision turned IAM auth on; destroy says so, leaves it
+    # Without --application, the commands for Beanstalk's leftovers.
+    assert f"aws logs delete-log-group --log-group-name /aws/elasticbeanstalk/ENVIRONMENT/var/log/web.stdout.log" in out
+    assert f"aws elasticbeanstalk delete-application --application-name APPLICATION --region {REGION}" in out
+
+    for args, message in ((("--destroy", "--create-role"), "--destroy does not take --create-role"),
+                          (("--yes",), "--yes goes with --destroy")):
+        with pytest.raises(SystemExit) as exited:
+            run(capsys, *args)
+        assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_secret_destroy_scheduled_for_deletion_is_not_reused(aws, capsys):
+    """Secrets Manager keeps a deleted secret, readable by describe_secret, for its recovery
+    window: provision must not point the app at it."""
+    args = ("--auth", "secretsmanager", "--create-secret", "--create-role")
+    assert run(capsys, *args)[0] == 0
+    assert run(capsys, "--destroy", "--yes")[0] == 0
+    arn = aws["sm"].describe_secret(SecretId="appdb/app")["ARN"]
+    code, out, err = run(capsys, *args)
+    assert code == 2, out
+    assert "secret appdb/app is scheduled for deletion" in err
+    assert f"aws secretsmanager restore-secret --secret-id {arn}" in err
+    aws["sm"].restore_secret(SecretId=arn)
+    assert run(capsys, *args)[0] == 0
+
+
+def test_destroy_prints_the_delete_commands_for_each_kind_and_works_after_the_database_is_gone(aws, capsys):
+    make_cluster(aws)
+    code, out, _ = run(capsys, "--destroy", target=("--db-instance", "appcluster-1"))  # a member means its cluster
+    assert code == 0
+    snapshot = f"appcluster-final-{datetime.date.today():%Y%m%d}"
+    assert [line.strip() for line in out.splitlines() if line.startswith("  aws rds")] == [
+        f"aws rds delete-db-instance --db-instance-identifier appcluster-{i} --region {REGION}" for i in (1, 2)] + [
+        f"aws rds delete-db-cluster --db-cluster-identifier appcluster --final-db-snapshot-identifier {snapshot} "
+        f"--region {REGION}"]
+    make_proxy(aws)
+    code, out, _ = run(capsys, "--destroy", target=("--db-proxy", "app-proxy"))
+    assert code == 0 and f"aws rds delete-db-proxy --db-proxy-name app-proxy --region {REGION}" in out
+
+    # The database deleted first: what provision made for it is found by its tag all the same.
+    assert run(capsys, "--auth", "iam", "--create-role")[0] == 0
+    aws["rds"].delete_db_instance(DBInstanceIdentifier="appdb", SkipFinalSnapshot=True)
+    code, out, err = run(capsys, "--destroy", "--yes")
+    assert code == 0, err
+    assert "no RDS instance 'appdb' in eu-west-1" in out and "looking for what provision created for appdb by its tag" in out
+    assert "done      delete security group appdb-app-instances" in out and f"done      delete role {ROLE}" in out
+    assert not aws["ec2"].describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": ["appdb-app-instances"]}])["SecurityGroups"]
+
+
+AWS_CLI_GLOBAL = {"--region", "--query", "--output", "--profile"}
+
+
+def aws_cli_problems(line: str) -> list[str]:
+    """What is wrong with an `aws <service> <operation> --option …` line, by botocore's service
+    model: the AWS CLI names each operation and option after the API's, in kebab case."""
+    import botocore.session
+    from botocore import xform_name
+
+    args = shlex.split(line.split("   #")[0])
+    service, operation, options = args[1], args[2], [a for a in args[3:] if a.startswith("--")]
+    if service == "s3":  # the hand-written high-level s3 commands
+        return [] if operation in ("rm", "ls", "cp") else [f"aws s3 {operation}"]
+    model = botocore.session.get_session().get_service_model(service)
+    names = {xform_name(name, "-"): name for name in model.operation_names}
+    if operation not in names:
+        return [f"aws {service} has no {operation}"]
+    members = {xform_name(m, "-") for m in model.operation_model(names[operation]).input_shape.members}
+    return [f"aws {service} {operation} has no {o}" for o in options
+            if o not in AWS_CLI_GLOBAL and o[2:] not in members and o.removeprefix("--no-") not in members]
+
+
+def test_the_aws_commands_destroy_prints_exist(aws, capsys):
+    make_cluster(aws)
+    make_proxy(aws)
+    assert run(capsys, "--auth", "secretsmanager", "--create-secret", "--create-role")[0] == 0
+    aws["rds"].modify_db_instance(DBInstanceIdentifier="appdb", EnableIAMDatabaseAuthentication=True,
+                                  ApplyImmediately=True)
+    printed = ""
+    for target in (("--db-instance", "appdb"), ("--db-cluster", "appcluster"), ("--db-proxy", "app-proxy")):
+        code, out, err = run(capsys, "--destroy", target=target)
+        assert code == 0, err
+        printed += out
+    lines = [m for m in re.findall(r"(aws [a-z0-9-]+ [a-z-]+ [^)\n]*)", printed)]
+    operations = {" ".join(line.split()[:3]) for line in lines}
+    assert operations >= {"aws rds delete-db-instance", "aws rds delete-db-cluster", "aws rds delete-db-proxy",
+                          "aws rds modify-db-instance", "aws secretsmanager restore-secret", "aws logs delete-log-group",
+                          "aws logs describe-log-groups", "aws s3 rm", "aws elasticbeanstalk delete-application"}
+    for line in lines:
+        assert not aws_cli_problems(line), (line, aws_cli_problems(line))
+    assert aws_cli_problems("aws rds delete-db-instance --db-instance-identifier x --final-snapshot y") == [
+        "aws rds delete-db-instance has no --final-snapshot"]
+
+
+def test_the_aws_commands_the_readme_quotes_exist():
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index("## Troubleshooting a first deploy"), text.index("## Benchmark")
+    spans = [" ".join(s.split()) for s in re.findall(r"`(aws\s+[a-z0-9-]+\s+[a-z-]+[^`]*)`", text[start:end])]
+    assert len(spans) >= 8
+    for span in spans:
+        assert not aws_cli_problems(span), (span, aws_cli_problems(span))
