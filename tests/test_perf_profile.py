@@ -22,7 +22,7 @@ def test_profile_request_prints_every_stage_with_a_number(make_database):
          "--use-environ"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     module = load_script("profile-request")
-    labels = [label for _, label in module.STAGES] + [module.TOTAL, module.CPU, module.ACCESS,
+    labels = [label for _, label in module.STAGES] + [module.STAGED, module.TOTAL, module.CPU, module.ACCESS,
                                                       module.CEILING]
     out = result.stdout
     for label in labels:
