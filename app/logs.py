@@ -88,9 +88,11 @@ def configure_logging(level: str | None = "INFO") -> None:
     root.addHandler(handler)
 
 
-def request_id_from(headers) -> str:
-    for name in ("X-Amzn-Trace-Id", "X-Request-Id"):
-        value = headers.get(name)
+def request_id_from(environ) -> str:
+    """Read from the WSGI environ: Werkzeug's Headers view costs twice as much per request
+    (2.7 vs 1.3 µs, scripts/profile-request's request id stage) for the same two lookups."""
+    for name in ("HTTP_X_AMZN_TRACE_ID", "HTTP_X_REQUEST_ID"):
+        value = environ.get(name)
         if value and _SAFE_ID.match(value):
             return value
     return secrets.token_hex(16)
@@ -101,7 +103,7 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _assign_request_id() -> None:
-        g.request_id = request_id_from(request.headers)
+        g.request_id = request_id_from(request.environ)
 
     @app.after_request
     def _echo_request_id(response):
