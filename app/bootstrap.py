@@ -23,7 +23,7 @@ import mysql.connector
 from mysql.connector import errorcode
 
 from app.config import AuthMode, ConfigError, Settings, SslMode, load_settings
-from app.credentials import (CredentialProvider, aws_error, complete_settings, managed_master_secret,
+from app.credentials import (CredentialProvider, aws_error, aws_refusal, complete_settings, managed_master_secret,
                              provider_for)
 from app.db.connection import ConnectionOpener
 
@@ -146,11 +146,10 @@ def main(environ=os.environ) -> int:
         print(f"bootstrap: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - an AWS refusal is a message, anything else a bug
-        code = aws_error(err)
-        if code is None:
+        refusal = aws_refusal(err)
+        if refusal is None:
             raise
-        print(f"bootstrap: an AWS call was refused or failed ({code}): check the instance role's "
-              "policy (scripts/provision writes it) and AWS_REGION", file=sys.stderr)
+        print(f"bootstrap: {refusal}", file=sys.stderr)
         return 1
     print(json.dumps(done))
     return 0

@@ -380,6 +380,15 @@ def aws_error(err: BaseException) -> str | None:
     return None
 
 
+def aws_refusal(err: BaseException) -> str | None:
+    """One line for an operator tool (migrate, bootstrap) when an AWS call failed, else None."""
+    code = aws_error(err)
+    if code is None:
+        return None
+    return (f"an AWS call was refused or failed ({code}): check the instance role's policy "
+            "(scripts/provision writes it) and AWS_REGION")
+
+
 def managed_master_secret(db_arn: str) -> SecretsManagerPassword:
     """The RDS-managed master user secret of an instance or Aurora cluster, by the database's ARN.
 

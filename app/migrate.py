@@ -175,7 +175,7 @@ def explain(err: Exception, settings, source: str | None = None) -> str:
 
 def main(environ=os.environ) -> int:
     from app.config import ConfigError, load_settings
-    from app.credentials import aws_error, complete_settings, provider_for
+    from app.credentials import aws_refusal, complete_settings, provider_for
     from app.db.connection import ConnectionOpener
     from app.db.errors import DatabaseUnavailable
     from app.logs import configure_logging
@@ -201,11 +201,10 @@ def main(environ=os.environ) -> int:
               file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - an AWS refusal is a message, anything else a bug
-        code = aws_error(err)
-        if code is None:
+        refusal = aws_refusal(err)
+        if refusal is None:
             raise
-        print(f"migrate: an AWS call was refused or failed ({code}): check the instance role's "
-              "policy (scripts/provision writes it) and AWS_REGION", file=sys.stderr)
+        print(f"migrate: {refusal}", file=sys.stderr)
         return 1
     print(json.dumps({"event": "migrate", "applied": done, "database": settings.database}))
     return 0
