@@ -50,6 +50,8 @@ def test_references_serve_the_projects_bytes_for_the_bench_url(seeded, tmp_path)
         if name == "sqlalchemy":  # the peer's pool is the project's: same size, no overflow
             engine = app.extensions["engine"]
             assert engine.pool.size() == pool_size and engine.pool._max_overflow == 0
+            with engine.connect() as conn:  # the driver's C extension, as the project's
+                assert type(conn.connection.dbapi_connection).__name__ == "CMySQLConnection"
             engine.dispose()
 
 
