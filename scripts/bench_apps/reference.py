@@ -1,0 +1,61 @@
+"""What every reference app of scripts/bench does exactly as the project does.
+
+The references answer the bench's URL with the project's response: the same query (columns,
+server-formatted UTC timestamps, keyset page), the same JSON bytes and the same headers
+(Content-Type, Content-Length, X-Request-Id). What differs is only the path from socket to
+bytes, which is what the benchmark compares. Not a template for applications.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from flask import Flask, Response, request
+
+# The project's query (app/users/repository.py), written out again.
+TIMESTAMP_FORMAT = "%Y-%m-%dT%TZ"
+SELECT_PAGE = ("SELECT id, email, name, DATE_FORMAT(created_at, '%Y-%m-%dT%TZ') AS created_at, "
+               "DATE_FORMAT(updated_at, '%Y-%m-%dT%TZ') AS updated_at "
+               "FROM users WHERE id > %s ORDER BY id LIMIT %s")
+# Session settings as the project's (app/db/connection.py): UTC, utf8mb4, autocommit reads.
+SESSION = {"time_zone": "+00:00", "charset": "utf8mb4", "collation": "utf8mb4_unicode_ci"}
+
+
+def flask_app(name: str) -> Flask:
+    """Flask as the project configures it for this response: keys in the code's order, UTF-8
+    JSON (pydantic writes non-ASCII as is), and an X-Request-Id on every response."""
+    app = Flask(name)
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+
+    @app.after_request
+    def request_id(response: Response) -> Response:
+        # What the project sends to a caller that gave no id (wrk gives none).
+        response.headers["X-Request-Id"] = secrets.token_hex(16)
+        return response
+
+    return app
+
+
+def page_args() -> tuple[int, int]:
+    """?limit= (1-100, default 20) and ?after= (default 0), clamped like a typical app."""
+    limit = min(max(request.args.get("limit", 20, type=int), 1), 100)
+    after = max(request.args.get("after", 0, type=int), 0)
+    return limit, after
+
+
+def page(rows: list[dict], limit: int) -> dict:
+    return {"data": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None}
+
+
+def connect_args(environ=os.environ) -> dict:
+    """The bench's local server: plain TCP, the project's session settings."""
+    return {"host": environ["RDS_HOSTNAME"], "port": int(environ["RDS_PORT"]),
+            "user": environ["RDS_USERNAME"], "password": environ["RDS_PASSWORD"],
+            "database": environ["RDS_DB_NAME"], "ssl_disabled": True, **SESSION}
+
+
+def pool_size(environ=os.environ) -> int:
+    """DB_POOL_SIZE, which scripts/bench sets to the project's pool size for every app."""
+    return int(environ["DB_POOL_SIZE"])

@@ -1,0 +1,119 @@
+"""scripts/bench compares like with like: its references answer the bench's URL with the
+project's exact response, and what it prints and draws is computed from what it measured."""
+
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from app import create_app
+from app.config import load_settings
+from conftest import connect, load_script
+
+bench = load_script("bench")
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture
+def seeded(db_env):
+    """A database with more users than one page, one of them with a non-ASCII name (UTF-8
+    JSON, not \\u escapes, in every app)."""
+    bench.seed(db_env, 25, migrate_first=False)
+    conn = connect(db_env)
+    try:
+        conn.cursor().execute("UPDATE users SET name = %s WHERE id = 3", ("Zoë Ångström-Łukasz",))
+    finally:
+        conn.close()
+    return db_env
+
+
+def test_references_serve_the_projects_bytes_for_the_bench_url(seeded, tmp_path):
+    project = create_app(seeded)
+    try:
+        expected = project.test_client().get(bench.PATH)
+    finally:
+        project.extensions["database"].dispose()
+    assert expected.status_code == 200 and len(expected.json["data"]) == 10
+    assert "Zoë".encode() in expected.data
+    (tmp_path / "body.json").write_bytes(expected.data)
+    pool_size = load_settings(seeded).pool_size
+    env = {**seeded, "DB_POOL_SIZE": str(pool_size), "BENCH_BODY_FILE": str(tmp_path / "body.json")}
+    for name in ("sqlalchemy", "ceiling", "tutorial"):
+        app = bench.reference_app(name, env)
+        got = app.test_client().get(bench.PATH)
+        assert got.status_code == 200, name
+        assert got.data == expected.data, name
+        assert sorted(got.headers.keys()) == sorted(expected.headers.keys()), name
+        assert got.headers["Content-Type"] == expected.headers["Content-Type"], name
+        assert len(got.headers["X-Request-Id"]) == len(expected.headers["X-Request-Id"]), name
+        if name == "sqlalchemy":  # the peer's pool is the project's: same size, no overflow
+            engine = app.extensions["engine"]
+            assert engine.pool.size() == pool_size and engine.pool._max_overflow == 0
+            with engine.connect() as conn:  # the driver's C extension, as the project's
+                assert type(conn.connection.dbapi_connection).__name__ == "CMySQLConnection"
+            engine.dispose()
+
+
+def test_each_app_is_measured_only_once_it_serves_the_projects_bytes(seeded, tmp_path):
+    """Under gunicorn with the project's config, as the bench runs them: the peer serves the
+    project's bytes; an app that does not is refused before it is measured."""
+    project = create_app(seeded)
+    try:
+        body = project.test_client().get(bench.PATH).data
+    finally:
+        project.extensions["database"].dispose()
+    (tmp_path / "body.json").write_bytes(body)
+    env = {**os.environ, **seeded, "WEB_CONCURRENCY": "1", "DB_POOL_SIZE": "2",
+           "BENCH_BODY_FILE": str(tmp_path / "body.json")}
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
+    assert bench.procfile_args(bench.APPS["sqlalchemy"])[:3] == ["gunicorn", "--config", "gunicorn.conf.py"]
+    import localdb
+
+    proc = bench.start_app("sqlalchemy", env, localdb.free_port(), tmp_path, expect_body=body)
+    bench.stop_app(proc)
+    with pytest.raises(RuntimeError, match="does not serve the project's bytes"):
+        bench.start_app("ceiling", env, localdb.free_port(), tmp_path, expect_body=body + b" ")
+    assert '"event": "access"' in (tmp_path / "sqlalchemy.log").read_text()  # the JSON access log
+
+
+def run(rps: float, p99: float = 5.0, non2xx: int = 0, errors: int = 0, peak: int = 4) -> dict:
+    return {"rps": rps, "requests": int(rps * 10), "p50_ms": p99 / 2, "p99_ms": p99,
+            "non2xx": non2xx, "socket_errors": errors, "peak_connections": peak}
+
+
+def test_ratios_and_best_of_rounds():
+    """The issue's run: 2,513 vs ceiling 5,766 and peer 1,970 req/s at c=16."""
+    results = {"project": {16: run(2513), 64: run(2400)},
+               "ceiling": {16: run(5766), 64: run(6000)},
+               "sqlalchemy": {16: run(1970)}}
+    table = bench.ratios(results)
+    assert table[16] == {"ceiling": pytest.approx(0.4358, abs=1e-4),
+                         "sqlalchemy": pytest.approx(1.2756, abs=1e-4)}
+    assert table[64] == {"ceiling": pytest.approx(0.4)}  # the peer did not run at c=64
+    best = bench.merge(bench.merge(None, run(2000, non2xx=1, peak=9)), run(2500, errors=2, peak=3))
+    assert best["rps"] == 2500 and best["non2xx"] == 1 and best["socket_errors"] == 2
+    assert best["peak_connections"] == 9
+
+
+def test_chart_shows_every_app_and_concurrency():
+    levels = (1, 16, 64, 256)
+    results = {name: {c: run(rps * (1 + c / 100), p99=c / 4 + 1, non2xx=3 if name == "tutorial" else 0)
+                      for c in levels}
+               for name, rps in (("project", 2500), ("sqlalchemy", 1900), ("ceiling", 5800),
+                                 ("tutorial", 1500))}
+    root = ET.fromstring(bench.svg_chart(results, "GET /api/users?limit=10 <test>", "2 workers & co"))
+    assert root.tag == f"{SVG}svg"
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "GET /api/users?limit=10 <test>" in texts and "2 workers & co" in texts
+    assert all(name in texts for name in results)  # the legend
+    assert all(texts.count(f"c={c}") == 2 for c in levels)  # both panels
+    bars = {r.find(f"{SVG}title").text: float(r.get("height"))
+            for r in root.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None}
+    assert len(bars) == len(results) * len(levels) * 2
+    rps_bars = {t: h for t, h in bars.items() if t.endswith(" req/s")}
+    assert len(rps_bars) == len(results) * len(levels)
+    assert max(rps_bars, key=rps_bars.get) == f"ceiling c=256: {5800 * 3.56:.0f} req/s"
+    p99_bars = {t: h for t, h in bars.items() if " p99 " in t}
+    assert max(p99_bars, key=p99_bars.get).endswith("c=256: p99 65 ms")
+    assert "tutorial 12" in texts[-1] and "project 0" in texts[-1]  # failed requests
