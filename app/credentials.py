@@ -409,15 +409,16 @@ def managed_master_secret(db_arn: str) -> SecretsManagerPassword:
     return SecretsManagerPassword(secret, _client("secretsmanager", region))
 
 
-def _client(service: str, region: str | None, timeout: float = 5):
+def _client(service: str, region: str | None, timeout: float = 5, attempts: int = 3):
     """A client whose calls give up within seconds: botocore's defaults (60 s to connect and
     to read, per attempt) would let a black-holed endpoint hold a request, or a booting
-    worker past gunicorn's timeout. Retries stay botocore's standard mode (3 attempts)."""
+    worker past gunicorn's timeout. Retries are botocore's standard mode (3 attempts)."""
     import boto3  # imported here so password mode never loads boto3
     from botocore.config import Config
 
     return boto3.session.Session().client(service, region_name=region, config=Config(
-        connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard"}))
+        connect_timeout=timeout, read_timeout=timeout,
+        retries={"mode": "standard", "max_attempts": attempts}))
 
 
 def provider_for(settings: Settings) -> CredentialProvider:
@@ -478,7 +479,9 @@ def secret_reader(secret_id: str, region: str | None, variable: str) -> Callable
         raise ConfigError(f"AWS_REGION: is required (got not set) when {variable} ({secret_id}) is a "
                           f"name, not an ARN; set AWS_REGION to the secret's region, or {variable} to "
                           "the secret's ARN.")
-    client = _client("secretsmanager", region, timeout=5)
+    # One attempt: a refresh runs inside a client's request, and a failed one keeps the digests
+    # already read and is tried again later (app/auth.py), so retries would only hold it up.
+    client = _client("secretsmanager", region, timeout=5, attempts=1)
 
     def read() -> str | None:
         return client.get_secret_value(SecretId=secret_id).get("SecretString")  # None: a binary secret

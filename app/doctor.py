@@ -206,7 +206,7 @@ class Doctor:
             message = packet[3:].decode("utf-8", "replace").lstrip("#")
             self.refused = _ServerRefusal(errno, message)
             return Check("tcp", FAIL, f"{host}:{port} refused every login: MySQL error {errno}: "
-                                      f"{_flat(message)}", fix=_refusal_fix(errno, self.budget))
+                                      f"{_flat(message)}", fix=_refusal_fix(errno))
         if packet[:1] != b"\x0a":
             return Check("tcp", FAIL, f"{host}:{port} answered, but not as a MySQL server",
                          fix="check that RDS_HOSTNAME and RDS_PORT name the database")
@@ -262,7 +262,7 @@ class Doctor:
             detail = f"the database refused {s.user!r}: MySQL error {errno}: {msg}"
             if errno in (1045, 1698):
                 return Check("auth", FAIL, detail, fix=_access_denied_fix(s))
-            return Check("auth", FAIL, detail, fix=_refusal_fix(errno, self.budget))
+            return Check("auth", FAIL, detail, fix=_refusal_fix(errno))
         if _is_tls_error(err):
             return Check("auth", SKIP, "not reached: TLS failed")
         return Check("auth", FAIL, _flat(err))  # the credential source failed; its message has the fix
@@ -472,7 +472,7 @@ def _access_denied_fix(settings) -> str:
     return fix
 
 
-def _refusal_fix(errno: int, budget) -> str:
+def _refusal_fix(errno: int) -> str:
     if errno == 1040:
         return ("every connection the server allows is open: see the budget line (README "
                 "\"Connection budget\")")

@@ -29,7 +29,8 @@ def health():
 def ready():
     pool = current_app.extensions["database"].pool
     status, code, headers, extra = "ready", 200, {}, {}
-    if pool.stats()["idle"] == 0 and pool.stats()["open"] >= pool.size:
+    before = pool.stats()  # one snapshot: idle and open from the same moment
+    if before["idle"] == 0 and before["open"] >= pool.size:
         database = "busy"  # every connection is serving a request: the database answers
     else:
         lease = None

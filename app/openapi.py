@@ -83,7 +83,8 @@ def document() -> dict:
                 "200": {"description": "The process serves requests (no database check)."}}}},
             "/health/ready": {"get": {"operationId": "ready", "security": [], "responses": {
                 "200": {"description": "A pooled database connection works."},
-                "503": {"description": "The database is unreachable."}}}},
+                "503": {"description": "Not ready: the database is unreachable or misconfigured, "
+                                       "or its schema is behind the code."}}}},
         },
         # app/auth.py: which requests need the key depends on API_AUTH (off, writes, all).
         "security": [{"apiKey": []}],

@@ -82,8 +82,8 @@ class Database:
         return self.pool.borrow()
 
     def dispose(self) -> None:
-        """Close this process's idle connections and stop its metrics thread (used at shutdown
-        and by tests)."""
+        """Close this process's idle connections and stop its metrics thread (tests use it; at
+        a worker's exit the metrics thread stops through atexit)."""
         if self._pool is not None and self._pid == os.getpid():
             if self._metrics is not None:
                 self._metrics.stop()
