@@ -166,7 +166,7 @@ def twice(aws, capsys, *args, target=("--db-instance", "appdb")):
     return first
 
 
-def policy(aws, name="app-database-access", role=ROLE):
+def policy(aws, name="app-database-access-appdb", role=ROLE):
     return aws["iam"].get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
 
 
@@ -319,7 +319,7 @@ def test_an_aurora_member_means_its_cluster_writer_endpoint_and_resource_id(aws,
     assert state(aws)["cluster_iam_auth"]["appcluster"] is True
     assert state(aws)["iam_auth"]["appcluster-1"] is False  # never set on the member
     assert cluster["DbClusterResourceId"].startswith("cluster-")
-    assert policy(aws)["Statement"][0]["Resource"] == (
+    assert policy(aws, "app-database-access-appcluster")["Statement"][0]["Resource"] == (
         f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:{cluster['DbClusterResourceId']}/app")
     assert f"RDS_HOSTNAME={cluster['Endpoint']} " in out
     assert (member_host.get("Endpoint") or {}).get("Address", "-") not in out
@@ -351,7 +351,7 @@ def test_an_rds_proxy_gets_its_own_resource_id_ingress_and_trust(aws, capsys, tm
     options = tmp_path / "02.config"
     out = twice(aws, capsys, "--auth", "iam", "--create-role", "--write-options", str(options),
                 target=("--db-proxy", "app-proxy"))
-    assert policy(aws)["Statement"][0]["Resource"] == f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:{prx}/app"
+    assert policy(aws, "app-database-access-app-proxy")["Statement"][0]["Resource"] == f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:{prx}/app"
     rules = aws["ec2"].describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissions"]
     assert [(r["FromPort"], len(r["UserIdGroupPairs"])) for r in rules] == [(3306, 1)]
     assert f"RDS_HOSTNAME={proxy['Endpoint']} " in out and " DB_SSL_TRUST=rds-proxy" in out
@@ -407,7 +407,7 @@ def test_bootstrap_grant_reads_the_managed_master_secret_for_a_limited_time(aws,
     master = managed["instance"]["MasterUserSecret"]["SecretArn"]
     target = ("--db-instance", "manageddb")
     out = twice(aws, capsys, "--auth", "iam", "--create-role", "--bootstrap-user", target=target)
-    document = policy(aws, "app-database-bootstrap")
+    document = policy(aws, "app-database-bootstrap-manageddb")
     assert [(s["Action"], s["Resource"]) for s in document["Statement"]] == [
         ("rds:DescribeDBInstances", managed["instance"]["DBInstanceArn"]),  # to find the secret
         ("secretsmanager:GetSecretValue", master)]
@@ -421,8 +421,8 @@ def test_bootstrap_grant_reads_the_managed_master_secret_for_a_limited_time(aws,
     assert "run this again without --bootstrap-user" in out
 
     code, out, _ = run(capsys, "--auth", "iam", target=target)
-    assert code == 0 and "remove inline policy app-database-bootstrap" in out
-    assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == ["app-database-access"]
+    assert code == 0 and "remove inline policy app-database-bootstrap-manageddb" in out
+    assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == ["app-database-access-manageddb"]
     assert "DB_BOOTSTRAP" not in out
 
 
@@ -431,12 +431,12 @@ def test_an_expired_bootstrap_grant_is_renewed(aws, capsys):
                   ManageMasterUserPassword=True, MasterUserPassword=None)
     target = ("--db-instance", "manageddb")
     assert run(capsys, "--auth", "iam", "--create-role", "--bootstrap-user", target=target)[0] == 0
-    document = policy(aws, "app-database-bootstrap")
+    document = policy(aws, "app-database-bootstrap-manageddb")
     document["Statement"][0]["Condition"]["DateLessThan"]["aws:CurrentTime"] = "2020-01-01T00:00:00Z"
-    aws["iam"].put_role_policy(RoleName=ROLE, PolicyName="app-database-bootstrap",
+    aws["iam"].put_role_policy(RoleName=ROLE, PolicyName="app-database-bootstrap-manageddb",
                                PolicyDocument=json.dumps(document))
     code, out, _ = run(capsys, "--auth", "iam", "--bootstrap-user", target=target)
-    assert code == 0 and "update inline policy app-database-bootstrap" in out
+    assert code == 0 and "update inline policy app-database-bootstrap-manageddb" in out
 
 
 def test_bootstrap_needs_a_managed_master_secret(aws, capsys):
@@ -509,11 +509,26 @@ def test_password_mode_can_take_rds_password_from_a_secret(aws, capsys, tmp_path
     assert f"environmentsecrets: RDS_PASSWORD from {arn}:password at instance start" in result.stdout
 
 
+def test_databases_sharing_a_role_keep_each_others_grants(aws, capsys):
+    """The default role serves every database provision is run for: each grant is its own
+    inline policy, so a run for one database (here, a switch to password mode) leaves the
+    other's alone."""
+    make_instance(aws, {"vpc": aws["vpc"], "private": aws["private"], "public": []}, "otherdb")
+    assert run(capsys, "--auth", "iam", "--create-role")[0] == 0
+    assert run(capsys, "--auth", "iam", target=("--db-instance", "otherdb"))[0] == 0
+    assert sorted(aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"]) == [
+        "app-database-access-appdb", "app-database-access-otherdb"]
+    code, out, _ = run(capsys, "--auth", "password")
+    assert code == 0 and "remove inline policy app-database-access-appdb" in out
+    assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == ["app-database-access-otherdb"]
+    assert "dbuser:" in json.dumps(policy(aws, "app-database-access-otherdb"))
+
+
 def test_switching_to_password_mode_removes_the_grant(aws, capsys):
     assert run(capsys, "--auth", "iam", "--create-role")[0] == 0
     code, out, _ = run(capsys, "--auth", "password")
     assert code == 0
-    assert "remove inline policy app-database-access" in out
+    assert "remove inline policy app-database-access-appdb" in out
     assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == []
     assert "'RDS_PASSWORD=<password>'" in out
 
@@ -682,12 +697,12 @@ def test_readme_provision_commands(aws, capsys, tmp_path):
         assert code == 0, err
         outputs.append(out)
     assert "8 change(s) planned, none made" in outputs[0]
-    assert "8 change(s) made" in outputs[1] and "put inline policy app-database-bootstrap" in outputs[1]
+    assert "8 change(s) made" in outputs[1] and "put inline policy app-database-bootstrap-appdb" in outputs[1]
     options = yaml.safe_load((tmp_path / "02-database-options.config").read_text())
     assert options["option_settings"]["aws:elasticbeanstalk:customoption"]["DatabaseResourceId"] == aws["resource_id"]
     assert json.loads((tmp_path / "deployer-policy.json").read_text())["Statement"]
     # After the first deploy: the bootstrap grant goes, nothing else changes.
-    assert "remove inline policy app-database-bootstrap" in outputs[2] and "1 change(s) made" in outputs[2]
+    assert "remove inline policy app-database-bootstrap-appdb" in outputs[2] and "1 change(s) made" in outputs[2]
 
 
 def test_readme_eb_create_lines_match_what_provision_prints(aws, capsys):
@@ -776,8 +791,8 @@ def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
     planned = [f"revoke tcp/3306 into {aws['db_group']} from appdb-app-instances",
                "delete security group appdb-app-instances",
                f"take role {ROLE} out of instance profile {ROLE}", f"delete instance profile {ROLE}",
-               f"remove inline policy app-database-access from role {ROLE}",
-               f"remove inline policy app-database-bootstrap from role {ROLE}",
+               f"remove inline policy app-database-access-appdb from role {ROLE}",
+               f"remove inline policy app-database-bootstrap-appdb from role {ROLE}",
                f"detach AWSElasticBeanstalkWebTier from role {ROLE}", f"delete role {ROLE}",
                f"delete secret appdb/app (recoverable for 7 days: aws secretsmanager restore-secret --secret-id {ours})",
                f"delete log group /aws/elasticbeanstalk/{ENV}/var/log/eb-engine.log",
@@ -792,7 +807,7 @@ def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
     assert "security group appdb-app-instances" in again and "has provision's name but not its tag" in again
     code, out, _ = run(capsys, "--destroy", "--yes", "--role-name", "other-ec2")
     assert code == 0 and "role other-ec2 was created by scripts/provision for otherdb: kept with its policies" in out
-    assert aws["iam"].list_role_policies(RoleName="other-ec2")["PolicyNames"] == ["app-database-access"]
+    assert aws["iam"].list_role_policies(RoleName="other-ec2")["PolicyNames"] == ["app-database-access-otherdb"]
 
     after = everything(aws)
     groups = aws["ec2"].describe_security_groups()["SecurityGroups"]
@@ -835,7 +850,7 @@ def test_destroy_waits_for_eb_terminate_and_spares_a_role_it_did_not_create(aws,
 
     code, out, err = run(capsys, "--destroy", "--role-name", "app-ec2", "--yes")
     assert code == 0, err
-    assert "remove inline policy app-database-access from role app-ec2" in out
+    assert "remove inline policy app-database-access-appdb from role app-ec2" in out
     assert "role app-ec2 was not created by scripts/provision for appdb" in out
     assert aws["iam"].list_role_policies(RoleName="app-ec2")["PolicyNames"] == ["their-own"]
     assert "stays enabled on appdb" in out  # provision turned IAM auth on; destroy says so, leaves it
