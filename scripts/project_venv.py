@@ -50,7 +50,9 @@ def ensure(*modules: str) -> None:
         print(f"{script}: installing requirements-dev.txt into {venv} (once, like scripts/test)",
               file=sys.stderr, flush=True)
         if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            # PYTHON picks the interpreter, as for scripts/test and scripts/run-local.
+            subprocess.run([os.environ.get("PYTHON") or sys.executable, "-m", "venv", str(venv)],
+                           check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                         "-r", str(ROOT / "requirements-dev.txt")], check=True)
         marker.write_text(wanted + "\n")
