@@ -7,6 +7,7 @@ create databases). Each test gets its own database, migrated, and drops only tha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -85,27 +86,32 @@ def mysql_server():
     server.remove()
 
 
-@pytest.fixture
-def make_database(mysql_server):
-    """Create (and afterwards drop) fresh migrated databases; returns their environ."""
-    created = []
-
-    def make(migrated: bool = True) -> dict[str, str]:
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        mysql_server.create_database(name)
-        created.append(name)
-        env = mysql_server.environ(name)
+@contextlib.contextmanager
+def fresh_database(server, migrated: bool = True, seed=()):
+    """A new database on `server` (migrated, holding `seed`'s (email, name) rows), dropped after."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    server.create_database(name)
+    env = server.environ(name)
+    try:
         if migrated:
             conn = connect(env)
             try:
                 migrate.apply(conn)
+                if seed:
+                    conn.cursor().executemany("INSERT INTO users (email, name) VALUES (%s, %s)",
+                                              list(seed))
             finally:
                 conn.close()
-        return env
+        yield env
+    finally:
+        server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
 
-    yield make
-    for name in created:
-        mysql_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
+
+@pytest.fixture
+def make_database(mysql_server):
+    """Create (and afterwards drop) fresh migrated databases; returns their environ."""
+    with contextlib.ExitStack() as stack:
+        yield lambda migrated=True: stack.enter_context(fresh_database(mysql_server, migrated))
 
 
 @pytest.fixture

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import re
 import socket
-import uuid
 
 import pytest
 
 import conftest
-from app import create_app, migrate
+from app import create_app
 from conftest import connect
 
 SEED = {"email": "ada@example.com", "name": "Ada"}  # always id 1 in a fresh database
@@ -45,18 +44,8 @@ def module_env(mysql_server):
     Shared on purpose: every case that uses it is a request that must change nothing, and
     each one checks that it did not.
     """
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    mysql_server.create_database(name)
-    env = mysql_server.environ(name)
-    conn = connect(env)
-    try:
-        migrate.apply(conn)
-        conn.cursor().execute("INSERT INTO users (email, name) VALUES (%s, %s)",
-                              (SEED["email"], SEED["name"]))
-    finally:
-        conn.close()
-    yield env
-    mysql_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
+    with conftest.fresh_database(mysql_server, seed=[(SEED["email"], SEED["name"])]) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import json
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,13 +9,13 @@ import requests
 from flask import Blueprint, jsonify
 
 import localdb
-from app import create_app, migrate
+from app import create_app
 from app.config import load_settings
 from app.credentials import StaticPassword
 from app.db import DatabaseUnavailable, get_db
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
-from conftest import connect, load_script
+from conftest import connect, fresh_database, load_script
 
 faults = load_script("faults")  # the fault report's load machinery
 
@@ -33,16 +32,8 @@ def own_server(tmp_path_factory):
 def own_env(own_server):
     """A fresh migrated database on own_server, used by localdb's APP_USER, which (unlike
     root or the admin user) has no SUPER / READ ONLY ADMIN: read_only applies to it."""
-    name = f"r_{uuid.uuid4().hex[:10]}"
-    own_server.create_database(name)
-    env = own_server.environ(name)
-    conn = connect(env)
-    try:
-        migrate.apply(conn)
-    finally:
-        conn.close()
-    yield {**env, "DB_CONNECT_TIMEOUT": "2"}
-    own_server.sql([f"DROP DATABASE IF EXISTS `{name}`"])
+    with fresh_database(own_server) as env:
+        yield {**env, "DB_CONNECT_TIMEOUT": "2"}
 
 
 def gunicorn_log(server, event):
