@@ -187,6 +187,46 @@ def test_read_leaves_no_transaction_and_costs_no_rollback(db_env, monkeypatch):
     assert calls == []  # autocommit read: nothing to roll back, no extra round trip
 
 
+HOSTILE_VALUES = ["O'Brien", 'say "hi"', "back\\slash", "%s and %d", "NUL\x00byte", "zoë 🙂",
+                  "'; DROP TABLE users; --", "", None, 0, -7, 18446744073709551615, 2.5]
+
+
+@pytest.mark.parametrize("use_pure", [False, True], ids=["c-extension", "pure-python"])
+def test_reads_bind_parameters_as_the_driver_does_on_both_protocols(db_env, use_pure):
+    """Lease.query reads the C extension's connection directly (cmd_query, get_rows) and the
+    pure-Python one (DB_SSL_MODE=verify-ca) through a cursor: both give the same rows for the
+    same parameters, however hostile, and a placeholder count that does not match is refused."""
+    settings = load_settings(db_env)
+    opener = ConnectionOpener(settings, StaticPassword(settings.user,
+                                                       settings.password.get_secret_value()),
+                              use_pure=use_pure)
+    pool = ConnectionPool(opener, size=1, timeout=0.5, max_lifetime=1800, idle_ping=30)
+    lease = pool.borrow()
+    try:
+        assert type(lease.connection).__name__ == ("MySQLConnection" if use_pure
+                                                   else "CMySQLConnection")
+        names = ", ".join(f"%s AS v{i}" for i in range(len(HOSTILE_VALUES)))
+        (row,) = lease.query(f"SELECT {names}", HOSTILE_VALUES)
+        got = list(row.values())
+        assert got[:9] == HOSTILE_VALUES[:9]  # strings and NULL, byte for byte
+        assert [int(v) for v in got[9:12]] == HOSTILE_VALUES[9:12]
+        assert float(got[12]) == 2.5
+        lease.execute("INSERT INTO users (email, name) VALUES (%s, %s)",
+                      ("q@example.com", "O'Brien %s \\"))
+        rows = lease.query("SELECT name FROM users WHERE name = %s AND id > %s",
+                           ("O'Brien %s \\", 0))
+        assert rows == [{"name": "O'Brien %s \\"}]
+        assert lease.query("SELECT name FROM users WHERE id > %s", (10**6,)) == []
+        for params in [(), (1, 2)]:
+            with pytest.raises(mysql.connector.ProgrammingError):
+                lease.query("SELECT id FROM users WHERE id = %s", params)
+        # The connection is still in step with the server after the refusals.
+        assert lease.query("SELECT %s AS n", (5,)) == [{"n": 5}]
+    finally:
+        lease.release()
+        pool.dispose()
+
+
 def test_unreachable_database_is_reported_quickly(db_env):
     import localdb
 
