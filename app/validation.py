@@ -78,14 +78,20 @@ def parse_query(model: type[M]) -> M:
     A parameter given twice (?limit=1&limit=1000) is refused rather than resolved: which of
     the two a cache, proxy or firewall in front looked at is anyone's guess.
     """
-    if not request.args:
+    args = request.args
+    if not args:
         return model()
-    repeated = [name for name, values in request.args.lists() if len(values) > 1]
+    given: dict[str, str] = {}
+    repeated = []
+    for name, values in args.lists():
+        if len(values) > 1:
+            repeated.append(name)
+        given[name] = values[0]
     if repeated:
         raise APIError(400, "invalid_parameter", "The query string is not valid.",
                        [{"field": name, "message": "given more than once"} for name in repeated])
     try:
-        return model.model_validate(request.args.to_dict(flat=True))
+        return model.model_validate(given)
     except ValidationError as err:
         errors = err.errors(include_url=False, include_input=False, include_context=False)
         raise APIError(400, "invalid_parameter", "The query string is not valid.",

@@ -45,7 +45,8 @@ _page_json = TypeAdapter(UserPage)
 
 def _json(adapter: TypeAdapter, value, status: int = 200) -> Response:
     # Ends with a newline like Flask's jsonify (errors, health), so curl's output ends its line.
-    return Response(adapter.dump_json(value) + b"\n", status=status, mimetype="application/json")
+    # content_type rather than mimetype: Werkzeug would work out the same header per response.
+    return Response(adapter.dump_json(value) + b"\n", status=status, content_type="application/json")
 
 
 def _not_found(user_id: int) -> APIError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from flask import Flask, Response, request
+from flask import Flask, request
 
 # The project's query (app/users/repository.py), written out again.
 TIMESTAMP_FORMAT = "%Y-%m-%dT%TZ"
@@ -28,13 +28,20 @@ def flask_app(name: str) -> Flask:
     app = Flask(name)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
+    inner = app.wsgi_app
 
-    @app.after_request
-    def request_id(response: Response) -> Response:
-        # What the project sends to a caller that gave no id (wrk gives none).
-        response.headers["X-Request-Id"] = secrets.token_hex(16)
-        return response
+    def with_request_id(environ, start_response):
+        # As the project's middleware (app/logs.py) answers a caller that gave no id (wrk
+        # gives none): a new id in the environ and in the response's headers.
+        request_id = environ["app.request_id"] = secrets.token_hex(16)
 
+        def start_with_id(status, headers, exc_info=None):
+            headers.append(("X-Request-Id", request_id))
+            return start_response(status, headers, exc_info)
+
+        return inner(environ, start_with_id)
+
+    app.wsgi_app = with_request_id
     return app
 
 
