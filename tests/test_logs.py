@@ -31,3 +31,20 @@ def test_password_never_appears_in_logs_or_responses(make_database, capsys):
     assert any(r.get("event") == "db_misconfigured" and r.get("errno") == 1045
                and r.get("reason") == "access_denied"
                for r in json_lines(out.out))
+
+
+def test_error_responses_and_their_log_lines_carry_one_request_id(make_database, capsys):
+    """The request id middleware wraps everything Flask answers: an outage's 503 (with its
+    log line), Werkzeug's own 413 and 404 each carry exactly one X-Request-Id."""
+    app = create_app({**make_database(), "RDS_PASSWORD": "not-the-password"})
+    client = app.test_client()
+    response = client.get("/api/users", headers={"X-Request-Id": "req-42"})
+    assert response.status_code == 503 and response.headers.getlist("X-Request-Id") == ["req-42"]
+    logged = [r for r in json_lines(capsys.readouterr().out) if r.get("event") == "db_misconfigured"]
+    assert logged and {r["request_id"] for r in logged} == {"req-42"}
+    too_large = client.post("/api/users", data=b"x" * 20_000, content_type="application/json")
+    missing = client.get("/nowhere")
+    for response, status in ((too_large, 413), (missing, 404)):
+        assert response.status_code == status
+        (request_id,) = response.headers.getlist("X-Request-Id")
+        assert len(request_id) == 32
