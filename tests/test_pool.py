@@ -227,6 +227,38 @@ def test_reads_bind_parameters_as_the_driver_does_on_both_protocols(db_env, use_
         pool.dispose()
 
 
+TYPED_READ = ("SELECT 1 AS i, NULL AS n, 'zoë 🙂' AS s, CAST(2.50 AS DECIMAL(5,2)) AS d, "
+              "TIMESTAMP'2026-01-02 03:04:05' AS t, DATE'2026-01-02' AS day, x'00ff' AS b, "
+              "1.5e0 AS f, 18446744073709551615 AS big, id, email FROM users ORDER BY id")
+
+
+def test_rows_read_from_the_c_extension_equal_the_drivers_own(db_env):
+    """Lease.query takes the rows from the C extension's session rather than get_rows (which
+    walks each value in Python): every type it reads comes out as the driver's own path gives
+    it, and a connection with a converter class still goes through get_rows."""
+    from mysql.connector.conversion import MySQLConverter
+
+    pool = make_pool(db_env, size=1)
+    lease = pool.borrow()
+    try:
+        lease.execute("INSERT INTO users (email, name) VALUES ('a@example.com', 'A'), "
+                      "('b@example.com', 'B')")
+        conn = lease.connection
+        assert type(conn).__name__ == "CMySQLConnection"
+        got = lease.query(TYPED_READ)
+        result = conn.cmd_query(TYPED_READ)
+        names = [c[0] for c in result["columns"]]
+        rows, _ = conn.get_rows()
+        assert got == [dict(zip(names, row)) for row in rows] and len(got) == 2
+        assert not conn.unread_result  # the result was freed: the session is ready
+        assert lease.query("SELECT %s AS n", (7,)) == [{"n": 7}]
+        conn.converter_class = MySQLConverter  # values now come raw and are converted in Python
+        assert lease.query(TYPED_READ) == got
+    finally:
+        lease.release()
+        pool.dispose()
+
+
 def test_unreachable_database_is_reported_quickly(db_env):
     import localdb
 

@@ -23,7 +23,11 @@ import mysql.connector
 from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-try:  # the C extension's connection class, when it loaded (mysql.connector.HAVE_CEXT)
+from mysql.connector.constants import FieldType
+from mysql.connector.errors import get_mysql_exception
+
+try:  # the C extension, when it loaded (mysql.connector.HAVE_CEXT)
+    from _mysql_connector import MySQLInterfaceError
     from mysql.connector.connection_cext import CMySQLConnection
 except ImportError:  # pragma: no cover - the pinned driver ships it for this platform
     CMySQLConnection = None
@@ -92,6 +96,39 @@ def _bind(conn, sql: str, params: Sequence[Any]) -> bytes:
     for value, part in zip(conn.prepare_for_mysql(params), parts[1:]):
         pieces += (value, part)
     return b"".join(pieces)
+
+
+def _read_cext(conn, stmt: bytes) -> tuple[list[str], list[tuple]]:
+    """Run a read on the C extension's connection: (column names, rows).
+
+    cmd_query sends it and reads the whole result into client memory (buffered); the driver's
+    get_rows would then walk every value of every row in Python, looking for VECTOR columns and
+    a converter class, which these connections never have: 40% of a list query's CPU in this
+    process. So the rows are taken from the C extension's session (`_cmysql`, the attribute
+    the fork-safety code above relies on too; the driver is pinned and tests/test_pool.py
+    compares both paths) and the result freed, as get_rows does; anything else goes to get_rows.
+    """
+    result = conn.cmd_query(stmt, raw=False, buffered=True)
+    columns = result.get("columns") if isinstance(result, dict) else None
+    if columns is None:
+        raise mysql.connector.ProgrammingError("query() is for statements that return rows")
+    names = [column[0] for column in columns]
+    if conn.converter is not None or any(column[1] == FieldType.VECTOR for column in columns):
+        rows, _eof = conn.get_rows(raw=False)
+        return names, rows
+    fetch_row = conn._cmysql.fetch_row
+    rows = []
+    try:
+        row = fetch_row()
+        while row:
+            rows.append(row)
+            row = fetch_row()
+    except MySQLInterfaceError as err:
+        raise (get_mysql_exception(err.errno, msg=err.msg, sqlstate=err.sqlstate)
+               if hasattr(err, "errno") else mysql.connector.InterfaceError(str(err))) from err
+    finally:
+        conn.free_result()
+    return names, rows
 
 
 class ConnectionPool:
@@ -366,14 +403,10 @@ class Lease:
     def _query(self, sql, params):
         conn = self._fairy.dbapi_connection
         if CMySQLConnection is not None and isinstance(conn, CMySQLConnection):
-            # The C extension's connection read directly: the cursor's execute also splits
-            # the statement looking for multi-statements, resets and re-reads its own
-            # state, about a third of a list query's CPU in this process (docs/request-budget.md).
-            result = conn.cmd_query(_bind(conn, sql, params), buffered=True)
-            if "columns" not in result:
-                raise mysql.connector.ProgrammingError("query() is for statements that return rows")
-            rows, _eof = conn.get_rows()  # all of them; the driver frees the result
-            names = [column[0] for column in result["columns"]]
+            # Not through a cursor: its execute also splits the statement looking for
+            # multi-statements, resets and re-reads its own state, about a third of a list
+            # query's CPU in this process (docs/request-budget.md).
+            names, rows = _read_cext(conn, _bind(conn, sql, params))
         else:  # the pure-Python protocol (DB_SSL_MODE=verify-ca): through the cursor
             cursor = self._cursor()
             cursor.execute(sql, params)
