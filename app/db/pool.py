@@ -20,11 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import mysql.connector
-from sqlalchemy import event, exc as sa_exc
-from sqlalchemy.pool import QueuePool
-
 from mysql.connector.constants import FieldType
 from mysql.connector.errors import get_mysql_exception
+from sqlalchemy import event, exc as sa_exc
+from sqlalchemy.pool import QueuePool
 
 try:  # the C extension, when it loaded (mysql.connector.HAVE_CEXT)
     from _mysql_connector import MySQLInterfaceError
