@@ -86,6 +86,16 @@ def mysql_server():
     server.remove()
 
 
+def make_test_pki(directory: Path) -> list[str]:
+    """In a new `directory`: ca.pem, which signs the server's certificate, and wrong-ca.pem,
+    which signs nothing (a client trusting it must refuse the server); returns the server's
+    TLS arguments."""
+    directory.mkdir()
+    localdb.make_ca(directory, "ca")
+    localdb.make_ca(directory, "wrong-ca")
+    return localdb.make_server_cert(directory)
+
+
 @contextlib.contextmanager
 def fresh_database(server, migrated: bool = True, seed=()):
     """A new database on `server` (migrated, holding `seed`'s (email, name) rows), dropped after."""

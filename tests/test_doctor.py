@@ -20,7 +20,7 @@ import pytest
 
 import localdb
 from app import migrate
-from conftest import ROOT, load_script, readme_lines
+from conftest import ROOT, load_script, make_test_pki, readme_lines
 from test_iam import ACCESS_KEY, IAM_USER, REGION, SECRET_KEY, iam_server  # noqa: F401 (a fixture)
 
 DOCTOR = ROOT / "scripts" / "doctor"
@@ -49,10 +49,7 @@ def lines_of(result) -> dict[str, tuple[str, str]]:
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("doctor")
     pki = work / "pki"
-    pki.mkdir()
-    localdb.make_ca(pki, "ca")
-    localdb.make_ca(pki, "wrong-ca")
-    tls = localdb.make_server_cert(pki)
+    tls = make_test_pki(pki)
     db = localdb.LocalServer(basedir=work / "db",
                              extra_args=[*tls, f"--max-connections={MAX_CONNECTIONS}"]).start()
     try:

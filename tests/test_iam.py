@@ -25,6 +25,7 @@ from app.config import ConfigError, load_settings
 from app.credentials import IamAuthToken, provider_for
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
+from conftest import make_test_pki
 
 # Clients come from a new boto3 Session each: boto3's default session keeps the credentials it
 # found first, which may be another test module's.
@@ -64,10 +65,7 @@ def iam_server(tmp_path_factory):
         pytest.skip(message)
     work = tmp_path_factory.mktemp("iam")
     certs = work / "certs"
-    certs.mkdir()
-    localdb.make_ca(certs, "ca")
-    localdb.make_ca(certs, "wrong-ca")
-    tls = localdb.make_server_cert(certs)
+    tls = make_test_pki(certs)
     server = localdb.LocalServer(basedir=work / "db", extra_args=[
         *tls, f"--plugin-load-add={plugin}", "--pam-use-cleartext-plugin=ON"]).start()
     service = f"iamtest{uuid.uuid4().hex[:8]}"

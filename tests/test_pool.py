@@ -252,6 +252,9 @@ def test_rows_read_from_the_c_extension_equal_the_drivers_own(db_env):
         assert got == [dict(zip(names, row)) for row in rows] and len(got) == 2
         assert not conn.unread_result  # the result was freed: the session is ready
         assert lease.query("SELECT %s AS n", (7,)) == [{"n": 7}]
+        with pytest.raises(mysql.connector.ProgrammingError, match="return rows"):
+            lease.query("DO 1")  # a statement without rows is not a read
+        assert lease.query("SELECT %s AS n", (8,)) == [{"n": 8}]
         conn.converter_class = MySQLConverter  # values now come raw and are converted in Python
         assert lease.query(TYPED_READ) == got
     finally:

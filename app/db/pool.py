@@ -108,7 +108,7 @@ def _read_cext(conn, stmt: bytes) -> tuple[list[str], list[tuple]]:
     compares both paths) and the result freed, as get_rows does; anything else goes to get_rows.
     """
     result = conn.cmd_query(stmt, raw=False, buffered=True)
-    columns = result.get("columns") if isinstance(result, dict) else None
+    columns = result.get("columns")  # absent when the statement returned no rows
     if columns is None:
         raise mysql.connector.ProgrammingError("query() is for statements that return rows")
     names = [column[0] for column in columns]
