@@ -262,6 +262,55 @@ def test_rows_read_from_the_c_extension_equal_the_drivers_own(db_env):
         pool.dispose()
 
 
+def _outcome(read, conn, stmt):
+    try:
+        return ("rows", read(conn, stmt))
+    except mysql.connector.Error as err:
+        return (type(err).__name__, err.errno)
+
+
+def test_the_direct_read_fails_as_the_drivers_cmd_query_does(db_env):
+    """_read_cext sends a read straight to the C extension's session, skipping cmd_query: in
+    every state a read can meet it returns what the driver's own path returns, or raises the
+    same exception class with the same errno (Lease.query's retry decisions read both)."""
+    from app.db import pool as pool_module
+
+    pool = make_pool(db_env, size=1)
+    lease = pool.borrow()
+    conn = lease.connection
+    direct, driver = pool_module._read_cext, pool_module._read_cmd_query
+    try:
+        for stmt in [b"SELECT 1 AS one, 'zo\xc3\xab' AS s", b"SELECT id FROM users",
+                     b"DO 1", b"SELEC 1", b"SELECT * FROM no_such_table"]:
+            assert _outcome(direct, conn, stmt) == _outcome(driver, conn, stmt), stmt
+        conn.cmd_query("SELECT 1")  # a result left unread, as an unbuffered cursor leaves it
+        assert _outcome(direct, conn, b"SELECT 2") == ("InternalError", -1)
+        conn.can_consume_results = True  # the driver's option: consume it instead
+        assert _outcome(direct, conn, b"SELECT 2") == ("rows", (["2"], [(2,)]))
+        conn.can_consume_results = False
+        calls = []
+        real = conn.cmd_query
+
+        def counting(*args, **kwargs):
+            calls.append(args[0])
+            return real(*args, **kwargs)
+
+        conn.cmd_query = counting
+        direct(conn, b"SELECT 3")
+        assert calls == []
+        pool_module.OTEL_ENABLED = True  # OpenTelemetry installed: traceparent goes out
+        try:
+            assert direct(conn, b"SELECT 3") == (["3"], [(3,)]) and calls == [b"SELECT 3"]
+        finally:
+            pool_module.OTEL_ENABLED = False
+            del conn.cmd_query
+        conn.close()
+        assert _outcome(direct, conn, b"SELECT 1") == _outcome(driver, conn, b"SELECT 1")
+    finally:
+        lease.release()
+        pool.dispose()
+
+
 def test_unreachable_database_is_reported_quickly(db_env):
     import localdb
 

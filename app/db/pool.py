@@ -22,6 +22,7 @@ from typing import Any
 import mysql.connector
 from mysql.connector.constants import FieldType
 from mysql.connector.errors import get_mysql_exception
+from mysql.connector.opentelemetry.constants import OTEL_ENABLED
 from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
@@ -97,37 +98,66 @@ def _bind(conn, sql: str, params: Sequence[Any]) -> bytes:
     return b"".join(pieces)
 
 
+def _driver_error(err: MySQLInterfaceError) -> mysql.connector.Error:
+    """The driver's exception for a C extension error, as its own methods raise it."""
+    if hasattr(err, "errno"):
+        return get_mysql_exception(err.errno, msg=err.msg, sqlstate=err.sqlstate)
+    return mysql.connector.InterfaceError(str(err))
+
+
 def _read_cext(conn, stmt: bytes) -> tuple[list[str], list[tuple]]:
     """Run a read on the C extension's connection: (column names, rows).
 
-    cmd_query sends it and reads the whole result into client memory (buffered); the driver's
-    get_rows would then walk every value of every row in Python, looking for VECTOR columns and
-    a converter class, which these connections never have: 40% of a list query's CPU in this
-    process. So the rows are taken from the C extension's session (`_cmysql`, the attribute
-    the fork-safety code above relies on too; the driver is pinned and tests/test_pool.py
-    compares both paths) and the result freed, as get_rows does; anything else goes to get_rows.
+    The statement goes straight to the C extension's session (`_cmysql`, the attribute the
+    fork-safety code above relies on too; the driver is pinned), which reads the whole result
+    into client memory (buffered). The driver's cmd_query would also build a 9-field
+    description per column and read the warning count, and its get_rows would walk every value
+    in Python looking for VECTOR columns and a converter class, which these connections never
+    have: together half of a list query's CPU in this process (docs/request-budget.md). What
+    cmd_query does that a read needs is kept: a pending result is consumed or refused first,
+    query attributes are sent, errors become the driver's exceptions; with OpenTelemetry's
+    trace propagation on, and for a converter or a VECTOR column, the driver's own path runs.
+    tests/test_pool.py compares both paths.
     """
+    if OTEL_ENABLED and conn.otel_context_propagation:
+        return _read_cmd_query(conn, stmt)
+    session = conn._cmysql
+    if session is None:  # closed: as cmd_query reports it
+        raise mysql.connector.OperationalError(errno=2055, msg="Connection not available.")
+    try:
+        if session.have_result_set:
+            conn.handle_unread_result()  # consumes it, or raises "Unread result found"
+        session.query(stmt, raw=False, buffered=True, raw_as_string=False,
+                      query_attrs=conn.query_attrs)
+        if not session.have_result_set:
+            raise mysql.connector.ProgrammingError("query() is for statements that return rows")
+        fields = session.fetch_fields()
+        if conn.converter is not None or any(field[8] == FieldType.VECTOR for field in fields):
+            session.free_result()
+            return _read_cmd_query(conn, stmt)
+        names = [field[4] for field in fields]
+        fetch_row = session.fetch_row
+        rows = []
+        try:
+            row = fetch_row()
+            while row:
+                rows.append(row)
+                row = fetch_row()
+        finally:
+            session.free_result()
+    except MySQLInterfaceError as err:
+        raise _driver_error(err) from err
+    return names, rows
+
+
+def _read_cmd_query(conn, stmt: bytes) -> tuple[list[str], list[tuple]]:
+    """The driver's own read: cmd_query, then get_rows."""
     result = conn.cmd_query(stmt, raw=False, buffered=True)
     columns = result.get("columns")  # absent when the statement returned no rows
     if columns is None:
         raise mysql.connector.ProgrammingError("query() is for statements that return rows")
-    names = [column[0] for column in columns]
-    if conn.converter is not None or any(column[1] == FieldType.VECTOR for column in columns):
-        rows, _eof = conn.get_rows(raw=False)
-        return names, rows
-    fetch_row = conn._cmysql.fetch_row
-    rows = []
-    try:
-        row = fetch_row()
-        while row:
-            rows.append(row)
-            row = fetch_row()
-    except MySQLInterfaceError as err:
-        raise (get_mysql_exception(err.errno, msg=err.msg, sqlstate=err.sqlstate)
-               if hasattr(err, "errno") else mysql.connector.InterfaceError(str(err))) from err
-    finally:
-        conn.free_result()
-    return names, rows
+    rows, _eof = conn.get_rows(raw=False)  # frees the result, on errors too
+    return [column[0] for column in columns], rows
 
 
 class ConnectionPool:
