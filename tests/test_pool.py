@@ -176,6 +176,46 @@ def test_open_transaction_is_rolled_back_on_return(db_env):
     lease.release()
 
 
+def test_a_lease_dropped_unreleased_is_rolled_back_before_reuse(db_env):
+    """Lease.release rolls back; a lease dropped without it goes back through QueuePool's
+    finalizer, and the next checkout rolls its transaction back before handing it out."""
+    pool = make_pool(db_env, size=1)
+    lease = pool.borrow()
+    conn_id = lease.connection_id
+    lease.execute("START TRANSACTION")
+    lease.execute("INSERT INTO users (email, name) VALUES ('dropped@example.com', 'Dropped')")
+    del lease  # no release(): CPython finalizes the fairy at once
+    lease = pool.borrow()
+    try:
+        assert lease.connection_id == conn_id and not lease.connection.in_transaction
+        assert lease.query("SELECT COUNT(*) AS n FROM users") == [{"n": 0}]
+    finally:
+        lease.release()
+        pool.dispose()
+
+
+def test_a_connection_that_cannot_roll_back_is_discarded_on_release(db_env):
+    """The session died mid-transaction (a failover, KILL): release() cannot roll it back, so
+    the connection is closed, not pooled, and the next borrow gets a new one."""
+    pool = make_pool(db_env, size=1)
+    lease = pool.borrow()
+    doomed = lease.connection_id
+    lease.execute("START TRANSACTION")
+    lease.execute("INSERT INTO users (email, name) VALUES ('killed@example.com', 'Killed')")
+    admin = make_pool(db_env, size=1).borrow()
+    admin.execute(f"KILL {doomed}")
+    admin.release()
+    lease.release()
+    assert pool.stats()["closed"] == 1
+    lease = pool.borrow()
+    try:
+        assert lease.connection_id != doomed
+        assert lease.query("SELECT COUNT(*) AS n FROM users") == [{"n": 0}]
+    finally:
+        lease.release()
+        pool.dispose()
+
+
 def test_read_leaves_no_transaction_and_costs_no_rollback(db_env, monkeypatch):
     pool = make_pool(db_env, size=1)
     lease = pool.borrow()
