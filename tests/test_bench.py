@@ -2,6 +2,8 @@
 project's exact response, and what it prints and draws is computed from what it measured."""
 
 import os
+import shutil
+import socket
 import sys
 import xml.etree.ElementTree as ET
 
@@ -117,3 +119,39 @@ def test_chart_shows_every_app_and_concurrency():
     p99_bars = {t: h for t, h in bars.items() if " p99 " in t}
     assert max(p99_bars, key=p99_bars.get).endswith("c=256: p99 65 ms")
     assert "tutorial 12" in texts[-1] and "project 0" in texts[-1]  # failed requests
+
+
+def test_a_round_counts_once_wrks_connections_are_spread_over_the_workers(seeded, start_gunicorn):
+    """wrk's keep-alive connections stay with the worker that accepted them, and one worker
+    often accepts them all: such a round measures the accept race at half any app's req/s.
+    The bench counts each worker's connections and starts wrk again until they are spread."""
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is not installed (.ci/run installs it)")
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    assert bench.even([8, 8], 16) and bench.even([4, 12], 16) and bench.even([1, 0], 1)
+    assert not bench.even([3, 13], 16) and not bench.even([16, 0], 16)
+    g = start_gunicorn({**seeded, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2"})
+    pids = bench.worker_pids(g.process.pid, 2)
+    assert set(pids) == g.worker_pids(expect=2) and len(pids) == 2
+    socks = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(5)]
+    try:
+        for s in socks:  # answered, so accepted by a worker; kept alive
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 ")
+        assert sum(bench.connections_per_worker(pids, g.port)) == 5
+    finally:
+        for s in socks:
+            s.close()
+    r = bench.run_wrk(g.url + bench.PATH, 16, 1, pids)
+    assert r["requests"] > 0 and r["non2xx"] == 0 and r["socket_errors"] == 0
+    assert sum(r["split"]) == 16 and len(r["split"]) == 2
+    assert bench.even(r["split"], 16) or r["tries"] == bench.SPLIT_TRIES
+    assert "workers' connections" in bench.line("project", 16, {**r, "peak_connections": 2})
+    # A "worker" that never accepts (this process): no try is even, each is stopped and
+    # started again, and the last one runs to the end, reported as uneven.
+    r = bench.run_wrk(g.url + bench.PATH, 16, 1, pids + [os.getpid()])
+    assert r["tries"] == bench.SPLIT_TRIES and r["split"][2] == 0 and sum(r["split"]) == 16
+    assert r["requests"] > 0 and r["non2xx"] == 0
+    assert bench.line("project", 16, {**r, "peak_connections": 2}).endswith(
+        f"(try {bench.SPLIT_TRIES}) UNEVEN")
