@@ -79,6 +79,48 @@ def test_each_app_is_measured_only_once_it_serves_the_projects_bytes(seeded, tmp
     assert '"event": "access"' in (tmp_path / "sqlalchemy.log").read_text()  # the JSON access log
 
 
+def test_the_server_counts_what_the_project_and_the_peer_send_per_request(seeded, tmp_path):
+    """Counted by the server over 40 requests each. The project sends one SELECT a request and
+    nothing when the connection goes back. The peer sends the same SELECT and two commands of
+    SQLAlchemy with this driver: a ping (mysql-connector's cursor() checks the connection) and,
+    as SQLAlchemy closes the Connection, SELECT @@session.autocommit (skip_autocommit_rollback
+    asks the driver, which asks the server) in place of a ROLLBACK."""
+    project = create_app(seeded)
+    body = project.test_client().get(bench.PATH).data
+    (tmp_path / "body.json").write_bytes(body)
+    env = {**seeded, "DB_POOL_SIZE": str(load_settings(seeded).pool_size),
+           "BENCH_BODY_FILE": str(tmp_path / "body.json")}
+    peer = bench.reference_app("sqlalchemy", env)
+    counter = connect(seeded)
+    cursor = counter.cursor()
+
+    def counts() -> dict[str, int]:
+        cursor.execute("SHOW GLOBAL STATUS WHERE Variable_name IN "
+                       "('Questions', 'Com_select', 'Com_rollback', 'Com_admin_commands')")
+        return {name: int(value) for name, value in cursor.fetchall()}
+
+    n = 40
+    per_request = {}
+    try:
+        for name, app in (("project", project), ("sqlalchemy", peer)):
+            client = app.test_client()
+            assert client.get(bench.PATH).data == body  # its connection opened
+            before = counts()
+            for _ in range(n):
+                assert client.get(bench.PATH).status_code == 200
+            after = counts()
+            # The second SHOW STATUS is a statement (Questions) of its own.
+            per_request[name] = {k: (after[k] - before[k] - (k == "Questions")) / n for k in after}
+    finally:
+        counter.close()
+        project.extensions["database"].dispose()
+        peer.extensions["engine"].dispose()
+    assert per_request["project"] == {"Questions": 1, "Com_select": 1, "Com_rollback": 0,
+                                      "Com_admin_commands": 0}, per_request
+    assert per_request["sqlalchemy"] == {"Questions": 2, "Com_select": 2, "Com_rollback": 0,
+                                         "Com_admin_commands": 1}, per_request
+
+
 def run(rps: float, p99: float = 5.0, non2xx: int = 0, errors: int = 0, peak: int = 4) -> dict:
     return {"rps": rps, "requests": int(rps * 10), "p50_ms": p99 / 2, "p99_ms": p99,
             "non2xx": non2xx, "socket_errors": errors, "peak_connections": peak}
