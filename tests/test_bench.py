@@ -4,6 +4,7 @@ project's exact response, and what it prints and draws is computed from what it 
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
@@ -185,11 +186,25 @@ def test_a_round_counts_once_wrks_connections_are_spread_over_the_workers(seeded
     finally:
         for s in socks:
             s.close()
-    r = bench.run_wrk(g.url + bench.PATH, 16, 1, pids)
+    idle = subprocess.Popen(["sleep", "60"])
+    try:
+        app_pids = [g.process.pid, *pids]
+        before = sum(bench.cpu_seconds(pid) for pid in app_pids)
+        r = bench.run_wrk(g.url + bench.PATH, 16, 1, pids, cpu={"app": app_pids, "idle": [idle.pid]})
+        spent = sum(bench.cpu_seconds(pid) for pid in app_pids) - before
+    finally:
+        idle.kill()
+        idle.wait()
     assert r["requests"] > 0 and r["non2xx"] == 0 and r["socket_errors"] == 0
     assert sum(r["split"]) == 16 and len(r["split"]) == 2
     assert bench.even(r["split"], 16) or r["tries"] == bench.SPLIT_TRIES
-    assert "workers' connections" in bench.line("project", 16, {**r, "peak_connections": 2})
+    # CPU per request over the measured window, against the workers' CPU over the whole call
+    # (which also holds wrk's stopped tries, if any): the same order of magnitude, in µs.
+    assert 0.5 < r["cpu_us"]["app"] / (spent / r["requests"] * 1e6) < 2, (r, spent)
+    assert r["cpu_us"]["idle"] < 1
+    text = bench.line("project", 16, {**r, "peak_connections": 2})
+    assert "workers' connections" in text and f"app {r['cpu_us']['app']:.0f} µs" in text
+    assert bench.cpu_seconds(idle.pid) == 0.0  # exited: no error, nothing counted
     # A "worker" that never accepts (this process): no try is even, each is stopped and
     # started again, and the last one runs to the end, reported as uneven.
     r = bench.run_wrk(g.url + bench.PATH, 16, 1, pids + [os.getpid()])
