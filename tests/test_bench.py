@@ -198,9 +198,10 @@ def test_a_round_counts_once_wrks_connections_are_spread_over_the_workers(seeded
     assert r["requests"] > 0 and r["non2xx"] == 0 and r["socket_errors"] == 0
     assert sum(r["split"]) == 16 and len(r["split"]) == 2
     assert bench.even(r["split"], 16) or r["tries"] == bench.SPLIT_TRIES
-    # CPU per request over the measured window, against the workers' CPU over the whole call
-    # (which also holds wrk's stopped tries, if any): the same order of magnitude, in µs.
-    assert 0.5 < r["cpu_us"]["app"] / (spent / r["requests"] * 1e6) < 2, (r, spent)
+    # CPU per request over the measured window, against the app's CPU over the whole call
+    # divided by the kept try's requests: the same order of magnitude, in µs (the whole call
+    # also holds the stopped tries, each a fraction of a second, when the split was uneven).
+    assert 0.25 < r["cpu_us"]["app"] / (spent / r["requests"] * 1e6) < 2, (r, spent)
     assert r["cpu_us"]["idle"] < 1
     text = bench.line("project", 16, {**r, "peak_connections": 2})
     assert "workers' connections" in text and f"app {r['cpu_us']['app']:.0f} µs" in text
