@@ -4,12 +4,13 @@ A fair peer, not a straw man: the same query as a Core select(), the same driver
 extension), the same session settings and pool size as the project (QueuePool with no
 overflow), autocommit, and the same response bytes. What remains is SQLAlchemy's own
 per-request path (Connection, compiled-statement cache, Result rows), Flask's jsonify instead
-of pydantic, and two commands a request that this driver adds under SQLAlchemy and no
-setting removes (the server counts them, tests/test_bench.py): a ping when SQLAlchemy opens
-a cursor (mysql-connector's cursor() checks the connection), and on closing the Connection
-either a ROLLBACK or, with `skip_autocommit_rollback` as here, `SELECT @@session.autocommit`
-(the dialect asks the driver whether autocommit is on, and the driver asks the server).
-The two cost the same here (client and server CPU per request within 5% of each other).
+of pydantic, and two commands a request that this driver adds under SQLAlchemy with either
+setting for returning connections (the server counts them, tests/test_bench.py): a ping
+when SQLAlchemy opens a cursor (mysql-connector's cursor() checks the connection), and on
+closing the Connection either a ROLLBACK or, with `skip_autocommit_rollback` as here,
+`SELECT @@session.autocommit` (the dialect asks the driver whether autocommit is on, and
+the driver asks the server).
+The two cost the same within this machine's noise (docs/request-budget.md, round 4).
 """
 
 from __future__ import annotations
