@@ -42,7 +42,7 @@ def test_references_serve_the_projects_bytes_for_the_bench_url(seeded, tmp_path)
     (tmp_path / "body.json").write_bytes(expected.data)
     pool_size = load_settings(seeded).pool_size
     env = {**seeded, "DB_POOL_SIZE": str(pool_size), "BENCH_BODY_FILE": str(tmp_path / "body.json")}
-    for name in ("sqlalchemy", "ceiling", "tutorial"):
+    for name in ("sqlalchemy", "ceiling", "roundtrip", "tutorial"):
         app = bench.reference_app(name, env)
         got = app.test_client().get(bench.PATH)
         assert got.status_code == 200, name
@@ -56,11 +56,20 @@ def test_references_serve_the_projects_bytes_for_the_bench_url(seeded, tmp_path)
             with engine.connect() as conn:  # the driver's C extension, as the project's
                 assert type(conn.connection.dbapi_connection).__name__ == "CMySQLConnection"
             engine.dispose()
+        if name == "roundtrip":
+            close_roundtrip(app)
+
+
+def close_roundtrip(app) -> None:
+    conn = getattr(app.extensions["roundtrip_sessions"], "conn", None)
+    if conn is not None:
+        conn.close()
 
 
 def test_each_app_is_measured_only_once_it_serves_the_projects_bytes(seeded, tmp_path):
-    """Under gunicorn with the project's config, as the bench runs them: the peer serves the
-    project's bytes; an app that does not is refused before it is measured."""
+    """Under gunicorn with the project's config, as the bench runs them: the peer and the
+    roundtrip reference serve the project's bytes; an app that does not is refused before it
+    is measured."""
     project = create_app(seeded)
     try:
         body = project.test_client().get(bench.PATH).data
@@ -73,8 +82,9 @@ def test_each_app_is_measured_only_once_it_serves_the_projects_bytes(seeded, tmp
     assert bench.procfile_args(bench.APPS["sqlalchemy"])[:3] == ["gunicorn", "--config", "gunicorn.conf.py"]
     import localdb
 
-    proc = bench.start_app("sqlalchemy", env, localdb.free_port(), tmp_path, expect_body=body)
-    bench.stop_app(proc)
+    for name in ("sqlalchemy", "roundtrip"):
+        proc = bench.start_app(name, env, localdb.free_port(), tmp_path, expect_body=body)
+        bench.stop_app(proc)
     with pytest.raises(RuntimeError, match="does not serve the project's bytes"):
         bench.start_app("ceiling", env, localdb.free_port(), tmp_path, expect_body=body + b" ")
     assert '"event": "access"' in (tmp_path / "sqlalchemy.log").read_text()  # the JSON access log
@@ -82,28 +92,31 @@ def test_each_app_is_measured_only_once_it_serves_the_projects_bytes(seeded, tmp
 
 def test_the_server_counts_what_the_project_and_the_peer_send_per_request(seeded, tmp_path):
     """Counted by the server over 40 requests each. The project sends one SELECT a request and
-    nothing when the connection goes back. The peer sends the same SELECT and two commands of
-    SQLAlchemy with this driver: a ping (mysql-connector's cursor() checks the connection) and,
-    as SQLAlchemy closes the Connection, SELECT @@session.autocommit (skip_autocommit_rollback
-    asks the driver, which asks the server) in place of a ROLLBACK."""
+    nothing when the connection goes back; the roundtrip reference sends the same, for the same
+    rows. The peer sends the same SELECT and two commands of SQLAlchemy with this driver: a
+    ping (mysql-connector's cursor() checks the connection) and, as SQLAlchemy closes the
+    Connection, SELECT @@session.autocommit (skip_autocommit_rollback asks the driver, which
+    asks the server) in place of a ROLLBACK."""
     project = create_app(seeded)
     body = project.test_client().get(bench.PATH).data
     (tmp_path / "body.json").write_bytes(body)
     env = {**seeded, "DB_POOL_SIZE": str(load_settings(seeded).pool_size),
            "BENCH_BODY_FILE": str(tmp_path / "body.json")}
     peer = bench.reference_app("sqlalchemy", env)
+    roundtrip = bench.reference_app("roundtrip", env)
     counter = connect(seeded)
     cursor = counter.cursor()
 
     def counts() -> dict[str, int]:
-        cursor.execute("SHOW GLOBAL STATUS WHERE Variable_name IN "
-                       "('Questions', 'Com_select', 'Com_rollback', 'Com_admin_commands')")
+        # Rows_sent is MariaDB's (MySQL 8 counts rows sent per statement only).
+        cursor.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_select', "
+                       "'Com_rollback', 'Com_admin_commands', 'Rows_sent')")
         return {name: int(value) for name, value in cursor.fetchall()}
 
     n = 40
     per_request = {}
     try:
-        for name, app in (("project", project), ("sqlalchemy", peer)):
+        for name, app in (("project", project), ("sqlalchemy", peer), ("roundtrip", roundtrip)):
             client = app.test_client()
             assert client.get(bench.PATH).data == body  # its connection opened
             before = counts()
@@ -111,13 +124,22 @@ def test_the_server_counts_what_the_project_and_the_peer_send_per_request(seeded
                 assert client.get(bench.PATH).status_code == 200
             after = counts()
             # The second SHOW STATUS is a statement (Questions) of its own.
-            per_request[name] = {k: (after[k] - before[k] - (k == "Questions")) / n for k in after}
+            # The second SHOW STATUS sends rows of its own too: one per name it asked for.
+            per_request[name] = {k: (after[k] - before[k] - (k == "Questions")
+                                     - (len(after) if k == "Rows_sent" else 0)) / n
+                                 for k in after}
     finally:
         counter.close()
         project.extensions["database"].dispose()
         peer.extensions["engine"].dispose()
+        close_roundtrip(roundtrip)
+    rows = per_request["project"].pop("Rows_sent", None)
+    assert rows in (None, 10), per_request  # the page's ten rows, where the server counts them
     assert per_request["project"] == {"Questions": 1, "Com_select": 1, "Com_rollback": 0,
                                       "Com_admin_commands": 0}, per_request
+    assert per_request["roundtrip"].pop("Rows_sent", None) == rows, per_request
+    assert per_request["roundtrip"] == per_request["project"], per_request
+    per_request["sqlalchemy"].pop("Rows_sent", None)
     assert per_request["sqlalchemy"] == {"Questions": 2, "Com_select": 2, "Com_rollback": 0,
                                          "Com_admin_commands": 1}, per_request
 
