@@ -108,7 +108,7 @@ def test_the_server_counts_what_the_project_and_the_peer_send_per_request(seeded
     cursor = counter.cursor()
 
     def counts() -> dict[str, int]:
-        # Rows_sent is MariaDB's (MySQL 8 counts rows sent per statement only).
+        # Rows_sent is a MariaDB status variable: where a server lacks it, rows go uncompared.
         cursor.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_select', "
                        "'Com_rollback', 'Com_admin_commands', 'Rows_sent')")
         return {name: int(value) for name, value in cursor.fetchall()}
@@ -162,6 +162,22 @@ def test_ratios_and_best_of_rounds():
     assert best["rps"] == 2500 and best["non2xx"] == 1 and best["socket_errors"] == 2
     assert best["peak_connections"] == 9
 
+
+
+def test_the_report_gives_the_ratios_the_verdict_and_what_the_query_alone_costs():
+    """The README's run at c=16: project 2,838, peer 1,904, ceiling 5,582, roundtrip 3,593."""
+    results = {"project": {16: run(2838), 64: run(2822)}, "sqlalchemy": {16: run(1904)},
+               "ceiling": {16: run(5582), 64: run(5939)}, "roundtrip": {16: run(3593), 64: run(3293)}}
+    lines = bench.ratio_report(results, [16, 64]).splitlines()
+    assert lines[1:] == [
+        "# the project's req/s over each reference's, same run",
+        "c          ceiling  sqlalchemy   roundtrip",
+        "16           0.51x       1.49x       0.79x",
+        "64           0.48x           -       0.86x",
+        "target at c=16: ceiling 0.51x (target 0.5x: met), sqlalchemy 1.49x (target 1.5x: NOT met)",
+        "roundtrip / ceiling (the query alone, nothing else): c=16 0.64x  c=64 0.55x"]
+    del results["ceiling"]  # no ceiling, no line about it
+    assert "roundtrip / ceiling" not in bench.ratio_report(results, [16, 64])
 
 def test_chart_shows_every_app_and_concurrency():
     levels = (1, 16, 64, 256)

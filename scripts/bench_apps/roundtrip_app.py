@@ -5,8 +5,8 @@ those bytes and reads every row before it answers: one round trip a request and 
 else. Each gunicorn thread keeps one connection of its own (no pool, no borrow), the rows
 come from the C extension's session as the project reads them (`query`, `fetch_fields`,
 `fetch_row` into tuples, `free_result`) and are thrown away; no query-string parsing, no
-validation, no row shaping, no JSON encoding, no error handling. No app that makes this
-query per request with this driver can be faster on this stack, so its req/s over the
+validation, no row shaping, no JSON encoding, no error handling. Any app that makes this
+query per request and reads its rows this way does at least this work, so its req/s over the
 ceiling's is what one round trip costs here, and the project's over its req/s is what
 everything else the project does costs.
 """
