@@ -3,8 +3,8 @@
 The ceiling app (the project's bytes from memory) that also sends the project's query for
 those bytes and reads every row before it answers: one round trip a request and nothing
 else. Each gunicorn thread keeps one connection of its own (no pool, no borrow), the rows
-come from the C extension's session as the project reads them (`query`, `fetch_fields`,
-`fetch_row` into tuples, `free_result`) and are thrown away; no query-string parsing, no
+are read by the project's own read of the C extension's session (app/db/pool.py's
+`_read_cext`, so the two cannot drift apart) and thrown away; no query-string parsing, no
 validation, no row shaping, no JSON encoding, no error handling. Any app that makes this
 query per request and reads its rows this way does at least this work, so its req/s over the
 ceiling's is what one round trip costs here, and the project's over its req/s is what
@@ -21,6 +21,7 @@ import mysql.connector
 from flask import Flask, Response
 
 import reference
+from app.db.pool import _read_cext
 
 
 def create_app(environ=os.environ) -> Flask:
@@ -41,15 +42,9 @@ def create_app(environ=os.environ) -> Flask:
         conn = getattr(sessions, "conn", None)
         if conn is None:
             conn = sessions.conn = mysql.connector.connect(**args)
-        session = conn._cmysql
-        session.query(statement, raw=False, buffered=True, raw_as_string=False)
-        session.fetch_fields()
-        read = 0
-        while session.fetch_row():
-            read += 1
-        session.free_result()
-        if read != rows:
-            raise RuntimeError(f"the query returned {read} rows, the page has {rows}")
+        _names, read = _read_cext(conn, statement)
+        if len(read) != rows:
+            raise RuntimeError(f"the query returned {len(read)} rows, the page has {rows}")
         return Response(body, mimetype="application/json")
 
     return app
