@@ -6,6 +6,7 @@ thread rarely waits for a connection. Defaults fit a 2-vCPU instance; override w
 environment properties.
 """
 
+import gc
 import json
 import os
 import time
@@ -44,6 +45,23 @@ max_requests = 0
 accesslog = "-"
 errorlog = "-"
 forwarded_allow_ips = "127.0.0.1"  # trust X-Forwarded-* only from the local nginx
+
+
+def post_worker_init(worker):
+    """Once the worker has built the app: collect, then freeze what is left (gc.freeze).
+
+    The imports (Flask, pydantic, SQLAlchemy, the driver) leave about 70,000 objects that live
+    as long as the worker. Unfrozen, every full collection walks them all with the GIL held,
+    stopping each of the worker's threads for tens of milliseconds (docs/request-budget.md,
+    round 6); frozen, collections walk only what requests create. Collecting first keeps the
+    startup's garbage out of the frozen set, which is never collected.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    worker.log.info("froze %d objects the app's startup left", gc.get_freeze_count(),
+                    extra={"event": "gc_frozen", "objects": gc.get_freeze_count(),
+                           "ms": round((time.perf_counter() - started) * 1000, 1)})
 
 
 class JsonAccessLogger(Logger):
