@@ -59,8 +59,9 @@ def post_worker_init(worker):
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
-    worker.log.info("froze %d objects the app's startup left", gc.get_freeze_count(),
-                    extra={"event": "gc_frozen", "objects": gc.get_freeze_count(),
+    frozen = gc.get_freeze_count()
+    worker.log.info("froze %d objects the app's startup left", frozen,
+                    extra={"event": "gc_frozen", "objects": frozen,
                            "ms": round((time.perf_counter() - started) * 1000, 1)})
 
 
