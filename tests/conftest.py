@@ -8,11 +8,14 @@ create databases). Each test gets its own database, migrated, and drops only tha
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -225,7 +228,12 @@ def start_gunicorn(tmp_path):
 def eb_venv() -> Path:
     """The README's EB CLI install, run for real (a virtualenv of its own)."""
     [line] = readme_lines("./scripts/install-eb-cli")
-    result = subprocess.run(shlex.split(line), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # Test processes running side by side (pytest -n) install into the same .venv-eb: one at a time.
+    with open(Path(tempfile.gettempdir()) / f"eb-venv-{hashlib.sha256(bytes(ROOT)).hexdigest()[:12]}.lock",
+              "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(shlex.split(line), cwd=ROOT, capture_output=True, text=True,
+                                timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "EB CLI 3.27.5" in result.stdout
     venv = ROOT / ".venv-eb"

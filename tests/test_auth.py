@@ -81,7 +81,8 @@ def test_writes_mode_refuses_writes_without_a_key_and_changes_nothing(make_app, 
 
 
 @pytest.mark.parametrize("header", [
-    "Bearer " + secrets.token_urlsafe(32),  # a key, not ours
+    # A key, not ours; a fixed id, so that test processes side by side (pytest -n) collect alike.
+    pytest.param("Bearer " + secrets.token_urlsafe(32), id="another key"),
     "Basic dXNlcjpwYXNz", "Bearer", "Bearer a b", "bearer \u00e9t\u00e9", "Bearer " + "a" * 300,
 ])
 def test_a_wrong_or_malformed_key_is_refused(make_app, db_env, header):

@@ -20,9 +20,11 @@ from conftest import ROOT, load_script, readme_lines
 PYTHON = sys.executable
 
 
-def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, str(ROOT / "scripts" / script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 bundle_tool = load_script("bundle")
@@ -254,12 +256,13 @@ def test_rehearsal_fails_on_seeded_breakage(bundle, tmp_path, breakage):
 def test_rehearsal_of_something_that_is_not_a_bundle_says_so(tmp_path):
     not_a_zip = tmp_path / "app.zip"
     not_a_zip.write_text("hello")
-    before = set(Path("/tmp").glob("rehearse-*"))
-    result = run("rehearse-deploy", "--bundle", str(not_a_zip))
+    temp = tmp_path / "temp"  # its own temporary directory: other tests rehearse side by side
+    temp.mkdir()
+    result = run("rehearse-deploy", "--bundle", str(not_a_zip), env={"TMPDIR": str(temp)})
     assert result.returncode == 1
     assert f"rehearse: FAILED: the bundle is not deployable:\n  {not_a_zip}: not a readable zip file" in result.stderr
     assert "Traceback" not in result.stderr
-    assert set(Path("/tmp").glob("rehearse-*")) == before  # nothing left behind
+    assert list(temp.iterdir()) == []  # nothing left behind
 
 
 def test_instance_policy_arns_follow_the_stacks_partition(monkeypatch, tmp_path):
