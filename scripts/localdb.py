@@ -299,8 +299,14 @@ class LocalServer:
                                    f"its error log ends:\n{self.error_log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    if self.socket_path.exists():
-                        return
+                    pass
+                # The socket file appears when the server binds it, before it listens on it: a
+                # connection in between is refused (111), which _create_users met on a busy
+                # machine (test processes side by side). So connect, rather than check the file.
+                with socket.socket(socket.AF_UNIX) as unix:
+                    unix.settimeout(0.2)
+                    unix.connect(str(self.socket_path))
+                return
             except OSError:
                 pass
             time.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,6 +70,27 @@ def test_a_server_that_never_gets_ready_is_stopped_and_its_directory_removed():
     assert time.monotonic() - started < 60
     assert not server.basedir.exists()
     assert processes_matching(str(server.basedir)) == ""
+
+
+def test_a_server_is_ready_only_once_its_unix_socket_listens():
+    """A socket file appears when the server binds it, before it listens on it; in between, a
+    connection through it is refused (111). Ready means the port and the file take connections."""
+    basedir = Path(tempfile.mkdtemp(prefix="localdb-ready-"))  # short: AF_UNIX paths are limited
+    with socket.socket() as tcp, socket.socket(socket.AF_UNIX) as unix:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        server = localdb.LocalServer(basedir=basedir, port=tcp.getsockname()[1])
+        unix.bind(str(server.socket_path))  # the file exists; nothing listens on it yet
+        server.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            with pytest.raises(RuntimeError, match="did not accept connections"):
+                server._wait_ready(0.5)
+            unix.listen()
+            server._wait_ready(10)
+        finally:
+            server.process.kill()
+            server.process.wait()
+            shutil.rmtree(basedir)
 
 
 def test_a_server_given_a_directory_keeps_it_but_not_the_process(tmp_path):
