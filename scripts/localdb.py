@@ -215,6 +215,7 @@ class LocalServer:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     _own_dir: bool = False
+    _saved_log: str | None = None  # the error log's tail, kept when a failed start removed it
 
     @property
     def datadir(self) -> Path:
@@ -237,8 +238,18 @@ class LocalServer:
         if self.basedir is None:
             self.basedir = Path(tempfile.mkdtemp(prefix="localdb-"))
             self._own_dir = True
+        self._saved_log = None
         try:
             self._start(flavour, server, timeout)
+        except Exception as err:
+            # The error log goes with a temp dir: keep its tail for error_log(), which the
+            # callers' fault reports print, and for the message of a failure that lacks it.
+            self._saved_log = self.error_log()
+            self.remove()
+            if isinstance(err, RuntimeError):
+                raise
+            raise RuntimeError(f"setting up the server on 127.0.0.1:{self.port} failed: {err}; "
+                               f"its error log ends:\n{self._saved_log}") from err
         except BaseException:
             self.remove()
             raise
@@ -314,8 +325,12 @@ class LocalServer:
                            f"{timeout:g} s; its error log ends:\n{self.error_log()}")
 
     def error_log(self) -> str:
-        path = self.basedir / "error.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        """The last 4,000 characters of the server's error log, also once a failed start()
+        has removed its directory."""
+        path = self.basedir / "error.log" if self.basedir is not None else None
+        if path is not None and path.exists():
+            return path.read_text(errors="replace")[-4000:]
+        return self._saved_log or ""
 
     def _create_users(self) -> None:
         """An app user and an admin user over TCP (root only has the unix socket)."""

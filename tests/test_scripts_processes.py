@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import mysql.connector
 import pytest
 
 import localdb
@@ -59,6 +60,26 @@ def test_a_server_whose_port_is_taken_is_stopped_and_its_directory_removed():
     assert server.basedir is not None and not server.basedir.exists()
     assert processes_matching(str(server.basedir)) == ""
     assert server.process is None
+    # Fault reports print error_log() after a failure: the directory is gone, its tail is not.
+    assert "Address already in use" in server.error_log() or "Bind on TCP/IP port" in server.error_log()
+
+
+def test_a_server_that_fails_after_it_is_ready_says_why_with_its_log_and_is_removed():
+    """Creating the users is the last step of start(): with --skip-grant-tables the server runs
+    and listens, then refuses CREATE USER. The caller gets a RuntimeError naming the cause, with
+    the log tail, and nothing is left behind (before, the driver's error went up bare and the
+    fault report's "database server log tail" was empty)."""
+    server = localdb.LocalServer(extra_args=["--skip-grant-tables"])
+    with pytest.raises(RuntimeError) as failed:
+        server.start(timeout=60)
+    message = str(failed.value)
+    assert message.startswith(f"setting up the server on 127.0.0.1:{server.port} failed: "), message
+    assert "skip-grant-tables" in message and "its error log ends:" in message, message
+    assert "ready for connections" in message, message  # the tail of the server's own log
+    assert isinstance(failed.value.__cause__, mysql.connector.Error)
+    assert "ready for connections" in server.error_log()
+    assert not server.basedir.exists()
+    assert processes_matching(str(server.basedir)) == ""
 
 
 def test_a_server_that_never_gets_ready_is_stopped_and_its_directory_removed():
