@@ -1,7 +1,9 @@
 """scripts/bench compares like with like: its references answer the bench's URL with the
 project's exact response, and what it prints and draws is computed from what it measured."""
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 from app import create_app
 from app.config import load_settings
 import localdb
-from conftest import connect, fresh_database, load_script
+from conftest import ROOT, connect, fresh_database, load_script
 
 bench = load_script("bench")
 SVG = "{http://www.w3.org/2000/svg}"
@@ -198,6 +200,20 @@ def test_the_report_gives_the_ratios_the_verdict_and_what_the_query_alone_costs(
     del results["ceiling"]  # no ceiling, no line about it
     assert "roundtrip / ceiling" not in bench.ratio_report(results, [16, 64])
 
+
+def test_the_report_gives_each_targets_ratio_round_by_round():
+    """Round i of each app, paired: the spread a best-of verdict hides (the README's run gave
+    0.51, 0.50 and 0.47 of the ceiling and 1.49, 1.48 and 1.34 of the peer)."""
+    rounds = {"project": {16: [2838, 2700, 2600]}, "ceiling": {16: [5582, 5400, 5532]},
+              "sqlalchemy": {16: [1904, 1824, 1940]}, "roundtrip": {16: [3593, 3500, 3400]}}
+    results = {name: {16: run(max(by_c[16]))} for name, by_c in rounds.items()}
+    lines = bench.ratio_report(results, [16], rounds).splitlines()
+    assert lines[-2] == ("round by round at c=16: ceiling 0.51 0.50 0.47 (median 0.50x), "
+                         "sqlalchemy 1.49 1.48 1.34 (median 1.48x)")
+    assert lines[-3].startswith("target at c=16: ceiling 0.51x")  # the best rounds: 2838 / 5582
+    one_round = {name: {16: by_c[16][:1]} for name, by_c in rounds.items()}
+    assert "round by round" not in bench.ratio_report(results, [16], one_round)
+
 def test_chart_shows_every_app_and_concurrency():
     levels = (1, 16, 64, 256)
     results = {name: {c: run(rps * (1 + c / 100), p99=c / 4 + 1, non2xx=3 if name == "tutorial" else 0)
@@ -270,3 +286,30 @@ def test_a_round_counts_once_wrks_connections_are_spread_over_the_workers(seeded
     assert r["requests"] > 0 and r["non2xx"] == 0
     assert bench.line("project", 16, {**r, "peak_connections": 2}).endswith(
         f"(try {bench.SPLIT_TRIES}) UNEVEN")
+
+
+def test_the_bench_runs_as_the_readme_says_and_reports_what_it_measured(tmp_path):
+    """scripts/bench as its shebang runs it, shortened: its own database, every app started,
+    checked and measured round by round, the report and the JSON computed from the same rounds."""
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is not installed (.ci/run installs it)")
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--apps", "project,ceiling", "--concurrency", "16",
+         "--rounds", "2", "--duration", "1", "--users", "30", "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rounds = data["rounds_rps"]
+    assert set(rounds) == {"project", "ceiling"}
+    assert all(len(rounds[name]["16"]) == 2 for name in rounds)
+    for name in rounds:  # the best round is the reported one
+        assert data["results"][name]["16"]["rps"] == max(rounds[name]["16"])
+    pairs = [p / c for p, c in zip(rounds["project"]["16"], rounds["ceiling"]["16"])]
+    assert (f"round by round at c=16: ceiling {pairs[0]:.2f} {pairs[1]:.2f} "
+            f"(median {(pairs[0] + pairs[1]) / 2:.2f}x)") in done.stdout, done.stdout
+    best = data["results"]["project"]["16"]["rps"] / data["results"]["ceiling"]["16"]["rps"]
+    assert f"target at c=16: ceiling {best:.2f}x" in done.stdout, done.stdout
+    assert re.search(r"project +failed requests 0, peak connections \d+ \(within \d+\)", done.stdout)
