@@ -215,7 +215,8 @@ class LocalServer:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     _own_dir: bool = False
-    _saved_log: str | None = None  # the error log's tail, kept when a failed start removed it
+    # The error log's tail, kept when a failed start() removed the directory holding it.
+    _saved_log: str | None = field(default=None, init=False, repr=False)
 
     @property
     def datadir(self) -> Path:
@@ -244,12 +245,18 @@ class LocalServer:
         except Exception as err:
             # The error log goes with a temp dir: keep its tail for error_log(), which the
             # callers' fault reports print, and for the message of a failure that lacks it.
-            self._saved_log = self.error_log()
-            self.remove()
+            try:
+                self._saved_log = self.error_log()
+            except OSError:
+                self._saved_log = ""
+            finally:
+                self.remove()
             if isinstance(err, RuntimeError):
                 raise
-            raise RuntimeError(f"setting up the server on 127.0.0.1:{self.port} failed: {err}; "
-                               f"its error log ends:\n{self._saved_log}") from err
+            where = f" on 127.0.0.1:{self.port}" if self.port else ""
+            tail = (f"its error log ends:\n{self._saved_log}" if self._saved_log
+                    else "it wrote no error log")
+            raise RuntimeError(f"setting up the server{where} failed: {err}; {tail}") from err
         except BaseException:
             self.remove()
             raise

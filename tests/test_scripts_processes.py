@@ -69,9 +69,12 @@ def test_a_server_that_fails_after_it_is_ready_says_why_with_its_log_and_is_remo
     and listens, then refuses CREATE USER. The caller gets a RuntimeError naming the cause, with
     the log tail, and nothing is left behind (before, the driver's error went up bare and the
     fault report's "database server log tail" was empty)."""
+    if localdb.find_server()[0] == "mysql":
+        pytest.skip("MySQL's --skip-grant-tables also turns networking off: start() never gets ready")
     server = localdb.LocalServer(extra_args=["--skip-grant-tables"])
     with pytest.raises(RuntimeError) as failed:
         server.start(timeout=60)
+    assert server.port  # chosen before the failure, and named in the message
     message = str(failed.value)
     assert message.startswith(f"setting up the server on 127.0.0.1:{server.port} failed: "), message
     assert "skip-grant-tables" in message and "its error log ends:" in message, message
