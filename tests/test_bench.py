@@ -8,13 +8,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
+import localdb
 from app import create_app
 from app.config import load_settings
-import localdb
 from conftest import ROOT, connect, fresh_database, load_script
 
 bench = load_script("bench")
@@ -117,15 +119,14 @@ def test_the_server_counts_what_the_project_and_the_peer_send_per_request(seeded
     ping (mysql-connector's cursor() checks the connection) and, as SQLAlchemy closes the
     Connection, SELECT @@session.autocommit (skip_autocommit_rollback asks the driver, which
     asks the server) in place of a ROLLBACK."""
-    seeded = seeded_alone
-    project = create_app(seeded)
+    project = create_app(seeded_alone)
     body = project.test_client().get(bench.PATH).data
     (tmp_path / "body.json").write_bytes(body)
-    env = {**seeded, "DB_POOL_SIZE": str(load_settings(seeded).pool_size),
+    env = {**seeded_alone, "DB_POOL_SIZE": str(load_settings(seeded_alone).pool_size),
            "BENCH_BODY_FILE": str(tmp_path / "body.json")}
     peer = bench.reference_app("sqlalchemy", env)
     roundtrip = bench.reference_app("roundtrip", env)
-    counter = connect(seeded)
+    counter = connect(seeded_alone)
     cursor = counter.cursor()
 
     def counts() -> dict[str, int]:
@@ -288,6 +289,47 @@ def test_a_round_counts_once_wrks_connections_are_spread_over_the_workers(seeded
         f"(try {bench.SPLIT_TRIES}) UNEVEN")
 
 
+def test_a_sample_taken_before_a_reset_does_not_count_after_it():
+    """The poller reads Threads_connected while the bench resets the peak for the next app's
+    first level: what it read before the reset belongs to the app before. Real connections on a
+    server of its own (the count is global); the first read is held until after the reset."""
+    import mysql.connector
+
+    server = localdb.LocalServer().start()
+    poller = None
+    try:
+        poller = bench.PeakThreadsConnected(server)
+        read = poller.current
+        sampled, go_on = threading.Event(), threading.Event()
+
+        def current() -> int:
+            value = read()
+            if not sampled.is_set():
+                sampled.set()
+                go_on.wait(10)
+            return value
+
+        others = [mysql.connector.connect(host="127.0.0.1", port=server.port,
+                                          user=localdb.ADMIN_USER, password=localdb.ADMIN_PASSWORD,
+                                          ssl_disabled=True) for _ in range(5)]
+        poller.current = current
+        poller.start()
+        assert sampled.wait(10)  # it has read idle + 5
+        for conn in others:  # the app before stops
+            conn.close()
+        poller.reset()  # the next app's first level begins
+        go_on.set()
+        deadline = time.monotonic() + 10
+        while read() != poller.idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # a few more polls
+        assert poller.peak_above_idle() == 0
+    finally:
+        if poller is not None:
+            poller.stop()
+        server.remove()
+
+
 def test_the_bench_runs_as_the_readme_says_and_reports_what_it_measured(tmp_path):
     """scripts/bench as its shebang runs it, shortened: its own database, every app started,
     checked and measured round by round, the report and the JSON computed from the same rounds."""
@@ -296,20 +338,31 @@ def test_the_bench_runs_as_the_readme_says_and_reports_what_it_measured(tmp_path
             pytest.fail("wrk is not installed (.ci/run installs it)")
         pytest.skip("wrk is not installed (apt-get install wrk)")
     out = tmp_path / "bench.json"
-    done = subprocess.run(
+    # Its own session: on a timeout the whole group (gunicorn, the database server) goes.
+    proc = subprocess.Popen(
         [str(ROOT / "scripts" / "bench"), "--apps", "project,ceiling", "--concurrency", "16",
          "--rounds", "2", "--duration", "1", "--users", "30", "--json", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        localdb.stop_process(proc)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     data = json.loads(out.read_text())
     rounds = data["rounds_rps"]
-    assert set(rounds) == {"project", "ceiling"}
-    assert all(len(rounds[name]["16"]) == 2 for name in rounds)
+    # What each round printed as it ran, in the order it ran.
+    printed: dict[str, list[float]] = {}
+    for name, rps in re.findall(r"^(\w+) +c=16 +(\d+) req/s .*\(round \d\)$", stdout, re.M):
+        printed.setdefault(name, []).append(float(rps))
+    assert set(rounds) == set(printed) == {"project", "ceiling"}
+    for name in rounds:
+        assert [round(x) for x in rounds[name]["16"]] == printed[name], (rounds, printed)
     for name in rounds:  # the best round is the reported one
         assert data["results"][name]["16"]["rps"] == max(rounds[name]["16"])
     pairs = [p / c for p, c in zip(rounds["project"]["16"], rounds["ceiling"]["16"])]
     assert (f"round by round at c=16: ceiling {pairs[0]:.2f} {pairs[1]:.2f} "
-            f"(median {(pairs[0] + pairs[1]) / 2:.2f}x)") in done.stdout, done.stdout
+            f"(median {(pairs[0] + pairs[1]) / 2:.2f}x)") in stdout, stdout
     best = data["results"]["project"]["16"]["rps"] / data["results"]["ceiling"]["16"]["rps"]
-    assert f"target at c=16: ceiling {best:.2f}x" in done.stdout, done.stdout
-    assert re.search(r"project +failed requests 0, peak connections \d+ \(within \d+\)", done.stdout)
+    assert f"target at c=16: ceiling {best:.2f}x" in stdout, stdout
+    assert re.search(r"project +failed requests 0, peak connections \d+ \(within \d+\)", stdout)
