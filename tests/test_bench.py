@@ -215,6 +215,7 @@ def test_the_report_gives_each_targets_ratio_round_by_round():
     one_round = {name: {16: by_c[16][:1]} for name, by_c in rounds.items()}
     assert "round by round" not in bench.ratio_report(results, [16], one_round)
 
+
 def test_chart_shows_every_app_and_concurrency():
     levels = (1, 16, 64, 256)
     results = {name: {c: run(rps * (1 + c / 100), p99=c / 4 + 1, non2xx=3 if name == "tutorial" else 0)
