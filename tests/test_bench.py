@@ -23,6 +23,14 @@ bench = load_script("bench")
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+def need_wrk() -> None:
+    """Skip without wrk; under CI, where .ci/run installs it, fail instead."""
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is not installed (.ci/run installs it)")
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+
+
 def _seed(env: dict) -> dict:
     bench.seed(env, 25, migrate_first=False)
     conn = connect(env)
@@ -30,7 +38,7 @@ def _seed(env: dict) -> dict:
         conn.cursor().execute("UPDATE users SET name = %s WHERE id = 3", ("Zoë Ångström-Łukasz",))
     finally:
         conn.close()
-    return {**env, "DB_POOL_TIMEOUT": "0.5", "DB_CONNECT_TIMEOUT": "2"}
+    return env
 
 
 @pytest.fixture
@@ -47,8 +55,8 @@ def seeded_alone():
     statements during a count (CI, two test processes)."""
     server = localdb.LocalServer().start()
     try:
-        with fresh_database(server) as env:
-            yield _seed(env)
+        with fresh_database(server) as env:  # with db_env's quick timeouts
+            yield _seed({**env, "DB_POOL_TIMEOUT": "0.5", "DB_CONNECT_TIMEOUT": "2"})
     finally:
         server.remove()
 
@@ -243,10 +251,7 @@ def test_a_round_counts_once_wrks_connections_are_spread_over_the_workers(seeded
     """wrk's keep-alive connections stay with the worker that accepted them, and one worker
     often accepts them all: such a round measures the accept race at half any app's req/s.
     The bench counts each worker's connections and starts wrk again until they are spread."""
-    if shutil.which("wrk") is None:
-        if os.environ.get("CI"):
-            pytest.fail("wrk is not installed (.ci/run installs it)")
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    need_wrk()
     assert bench.even([8, 8], 16) and bench.even([4, 12], 16) and bench.even([1, 0], 1)
     assert not bench.even([3, 13], 16) and not bench.even([16, 0], 16)
     g = start_gunicorn({**seeded, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2"})
@@ -334,10 +339,7 @@ def test_a_sample_taken_before_a_reset_does_not_count_after_it():
 def test_the_bench_runs_as_the_readme_says_and_reports_what_it_measured(tmp_path):
     """scripts/bench as its shebang runs it, shortened: its own database, every app started,
     checked and measured round by round, the report and the JSON computed from the same rounds."""
-    if shutil.which("wrk") is None:
-        if os.environ.get("CI"):
-            pytest.fail("wrk is not installed (.ci/run installs it)")
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    need_wrk()
     out = tmp_path / "bench.json"
     # Its own session: on a timeout the whole group (gunicorn, the database server) goes.
     proc = subprocess.Popen(
