@@ -76,9 +76,14 @@ def parse_query(model: type[M]) -> M:
     """Validate the query string: 400 invalid_parameter naming each bad parameter.
 
     A parameter given twice (?limit=1&limit=1000) is refused rather than resolved: which of
-    the two a cache, proxy or firewall in front looked at is anyone's guess.
+    the two a cache, proxy or firewall in front looked at is anyone's guess. Raw bytes that
+    are not UTF-8 (?\xff=1; percent-escapes decode leniently) make Werkzeug raise
+    UnicodeDecodeError: refused here, not a 500.
     """
-    args = request.args
+    try:
+        args = request.args
+    except UnicodeDecodeError:
+        raise APIError(400, "invalid_parameter", "The query string is not valid UTF-8.") from None
     if not args:
         return model()
     given: dict[str, str] = {}

@@ -350,6 +350,9 @@ SERVER_REJECTED = [
     R(http("GET", "/api/users%0d%0aSet-Cookie:%20s=1"), 404, "not_found", id="encoded-crlf-in-path"),
     R(http("GET", "/api/users/%ED%A0%80"), 404, "not_found", id="encoded-surrogate-in-path"),
     R(http("GET", "/api/users?limit=%ff"), 400, "invalid_parameter", id="invalid-utf8-in-query"),
+    R(http("GET", "/api/users?\xff=1"), 400, "invalid_parameter", id="raw-non-utf8-byte-in-query-name"),
+    R(http("GET", "/api/users?limit=1\xff"), 400, "invalid_parameter", id="raw-non-utf8-byte-in-query-value"),
+    R(http("GET", "/api/users/\xff"), 404, "not_found", id="raw-non-utf8-byte-in-path"),
     R(http("GET", "//api//users", {"X-Forwarded-Host": "evil.example"}).replace(
         b"Host: 127.0.0.1", b"Host: evil.example"), 404, "not_found", id="double-slash-with-foreign-host"),
     R(http("POST", "/api/users", {**JSON, "Content-Length": "99999999999999999999"},
