@@ -12,7 +12,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.db.errors import DatabaseMisconfigured, DatabaseUnavailable, PoolTimeout
+from app.db.errors import DatabaseBusy, DatabaseMisconfigured, DatabaseUnavailable, PoolTimeout
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ def init_app(app: Flask) -> None:
                     extra={"event": "db_pool_timeout"})
         return error_response(503, "database_busy",
                               "The database is busy; retry shortly.",
+                              headers={"Retry-After": str(RETRY_AFTER_BUSY)})
+
+    @app.errorhandler(DatabaseBusy)
+    def _db_busy(err: DatabaseBusy):
+        log.warning("the database gave up on a statement: %s", err,
+                    extra={"event": "db_busy", "errno": err.errno})
+        return error_response(503, "database_busy", "The database is busy; retry shortly.",
                               headers={"Retry-After": str(RETRY_AFTER_BUSY)})
 
     @app.errorhandler(DatabaseUnavailable)  # DatabaseMisconfigured too: the client's request was fine

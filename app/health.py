@@ -13,7 +13,7 @@ import os
 from flask import Blueprint, current_app, jsonify
 
 from app import migrate
-from app.db import DatabaseUnavailable, PoolTimeout
+from app.db import DatabaseBusy, DatabaseUnavailable, PoolTimeout
 from app.db.errors import DatabaseMisconfigured
 from app.errors import RETRY_AFTER_UNAVAILABLE, log_database_failure
 
@@ -38,7 +38,7 @@ def ready():
             lease = pool.borrow()
             applied = migrate.applied_version(lease)
             database = "ok"
-        except PoolTimeout:
+        except (PoolTimeout, DatabaseBusy):  # the database answers: it gave up on a lock or a time limit
             database = "busy"
         except DatabaseUnavailable as err:
             log_database_failure(err)

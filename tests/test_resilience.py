@@ -247,3 +247,71 @@ def test_exhausted_pools_answer_503_after_the_borrow_timeout_and_leak_nothing(db
         seen[body["pid"]] = body["pool"]
     for stats in seen.values():
         assert stats["in_use"] == 0 and stats["waiting"] == 0 and stats["open"] <= pool_size
+
+
+def waiting_statement(server, database, timeout=10):
+    """The id of the connection whose statement waits for a lock in `database`, once it waits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}' "
+                           "AND STATE LIKE '%lock%' AND INFO LIKE 'SELECT%'"])
+        if rows:
+            return rows[0][0]
+        time.sleep(0.02)
+    raise AssertionError("no statement started waiting for the lock")
+
+
+def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connection(
+        own_server, own_env, start_gunicorn):
+    """A lock wait timeout (1205), a statement time limit (MariaDB's max_statement_time, 1969)
+    and KILL QUERY (1317) abandon the statement, not the session: 503 database_busy with
+    Retry-After 1, nothing applied, and the pool's one connection serves what follows."""
+    mariadb = localdb.find_server()[0] == "mariadb"
+    # Sessions copy these at connect: set before gunicorn opens its connection. The lock wait
+    # (1 s) ends before the time limit (2 s); a table lock is waited for up to the time limit.
+    limits = ["SET GLOBAL innodb_lock_wait_timeout = 1"]
+    own_server.sql(limits + (["SET GLOBAL max_statement_time = 2"] if mariadb else []))
+    locker = connect(own_env)
+    try:
+        server = start_gunicorn({**own_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
+                                 "DB_POOL_SIZE": "1"})
+        created = requests.post(server.url + "/api/users", json={"email": "l@example.com", "name": "Before"},
+                                timeout=10)
+        assert created.status_code == 201, created.text
+        user = created.json()["id"]
+        cur = locker.cursor()
+
+        def assert_busy(response):
+            assert response.status_code == 503, response.text
+            assert response.json() == {"error": {"code": "database_busy",
+                                                 "message": "The database is busy; retry shortly."}}
+            assert response.headers["Retry-After"] == "1"
+
+        cur.execute("START TRANSACTION")
+        cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user,))
+        cur.fetchall()
+        assert_busy(requests.patch(f"{server.url}/api/users/{user}", json={"name": "After"}, timeout=10))
+        cur.execute("ROLLBACK")
+        expected = [1205]
+
+        cur.execute("LOCK TABLES users WRITE")
+        with ThreadPoolExecutor(1) as client:
+            pending = client.submit(requests.get, server.url + "/api/users", timeout=10)
+            cur.execute(f"KILL QUERY {waiting_statement(own_server, own_env['RDS_DB_NAME'])}")
+            assert_busy(pending.result())
+        expected.append(1317)
+        if mariadb:
+            assert_busy(requests.get(server.url + "/api/users", timeout=10))
+            expected.append(1969)
+        cur.execute("UNLOCK TABLES")
+
+        got = requests.get(f"{server.url}/api/users/{user}", timeout=10)
+        assert got.status_code == 200 and got.json()["name"] == "Before"  # the PATCH applied nothing
+        pool = requests.get(server.url + "/health/ready", timeout=10).json()["pool"]
+        assert pool["opened"] == 1 and pool["closed"] == 0  # the same connection all along
+        assert [r["errno"] for r in gunicorn_log(server, "db_busy")] == expected
+        assert "Traceback" not in server.output()
+    finally:
+        locker.close()
+        own_server.sql(["SET GLOBAL innodb_lock_wait_timeout = 50"]
+                       + (["SET GLOBAL max_statement_time = 0"] if mariadb else []))

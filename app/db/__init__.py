@@ -18,10 +18,11 @@ from app.config import Settings
 from app.credentials import CredentialProvider
 from app.db.budget import Budget
 from app.db.connection import ConnectionOpener
-from app.db.errors import DatabaseUnavailable, PoolTimeout
+from app.db.errors import DatabaseBusy, DatabaseUnavailable, PoolTimeout
 from app.db.pool import ConnectionPool, Lease
 
-__all__ = ["Database", "DatabaseUnavailable", "PoolTimeout", "Lease", "get_db", "init_app"]
+__all__ = ["Database", "DatabaseBusy", "DatabaseUnavailable", "PoolTimeout", "Lease", "get_db",
+           "init_app"]
 
 log = logging.getLogger(__name__)
 

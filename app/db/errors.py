@@ -54,6 +54,37 @@ class PoolTimeout(Exception):
     """Every pooled connection stayed busy for the whole borrow timeout."""
 
 
+class DatabaseBusy(Exception):
+    """The server gave up on a statement it could not finish in time; the session is fine.
+
+    A lock wait timeout, a deadlock, a statement time limit, a query an operator killed: the
+    server rolled the statement (a deadlock: the transaction) back, and the lease rolls back
+    whatever transaction is left, so nothing was applied and the client may retry shortly.
+    """
+
+    def __init__(self, message: str, *, errno: int):
+        super().__init__(message)
+        self.errno = errno
+
+
+def gave_up(error: BaseException) -> DatabaseBusy | None:
+    """The DatabaseBusy a driver error stands for, or None if it is no such error."""
+    errno = getattr(error, "errno", None)
+    if errno not in _GAVE_UP_ERRNOS:
+        return None
+    return DatabaseBusy(f"{errno}: {getattr(error, 'msg', None) or error}", errno=errno)
+
+
+# Server codes for a statement abandoned, not a session lost (none is in _CONNECTION_ERRNOS).
+_GAVE_UP_ERRNOS = {
+    1205,  # ER_LOCK_WAIT_TIMEOUT: innodb_lock_wait_timeout (the statement is rolled back)
+    1213,  # ER_LOCK_DEADLOCK: the transaction is rolled back
+    1317,  # ER_QUERY_INTERRUPTED: KILL QUERY
+    1969,  # ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
+    3024,  # ER_QUERY_TIMEOUT (MySQL 8): max_execution_time, SELECTs only
+}
+
+
 def is_connection_error(error: BaseException) -> bool:
     """True when the error means the connection (not the statement) failed.
 

@@ -32,8 +32,8 @@ try:  # the C extension, when it loaded (mysql.connector.HAVE_CEXT)
 except ImportError:  # pragma: no cover - the pinned driver ships it for this platform
     CMySQLConnection = None
 
-from app.db.errors import (DatabaseUnavailable, PoolTimeout, is_connection_error, is_read_only,
-                           misconfiguration, was_not_applied)
+from app.db.errors import (DatabaseUnavailable, PoolTimeout, gave_up, is_connection_error,
+                           is_read_only, misconfiguration, was_not_applied)
 
 log = logging.getLogger(__name__)
 
@@ -485,4 +485,7 @@ class Lease:
         misconfigured = misconfiguration(err)  # a missing grant: the connection itself is fine
         if misconfigured is not None:
             raise misconfigured from err
+        busy = gave_up(err)  # a lock wait or time limit: the connection is fine too
+        if busy is not None:
+            raise busy from err
         raise err
