@@ -12,7 +12,8 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.db.errors import DatabaseBusy, DatabaseMisconfigured, DatabaseUnavailable, PoolTimeout
+from app.db.errors import (DatabaseBusy, DatabaseMisconfigured, DatabaseUnavailable, PoolTimeout,
+                           StatementTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ def log_database_failure(err: DatabaseUnavailable) -> None:
     if isinstance(err, DatabaseMisconfigured):
         log.error("the database refused this configuration (%s): %s", err.reason, err,
                   extra={"event": "db_misconfigured", "reason": err.reason, "errno": err.errno})
+        return
+    if isinstance(err, StatementTimeout):  # not an outage: a statement ran past the limit
+        log.warning("the database did not answer within DB_READ_TIMEOUT", extra={
+            "event": "db_timeout", "errno": getattr(cause, "errno", None)})
         return
     detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
     log.warning("database unavailable: %s", detail,

@@ -10,7 +10,7 @@ import pytest
 from app.config import load_settings
 from app.credentials import StaticPassword
 from app.db import Database, DatabaseUnavailable, PoolTimeout
-from app.db.errors import DatabaseMisconfigured
+from app.db.errors import DatabaseMisconfigured, StatementTimeout
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
 
@@ -160,6 +160,33 @@ def test_a_sub_second_max_lifetime_is_honoured_not_truncated(db_env):
     assert lease.connection_id != first  # replaced after its lifetime
     lease.release()
     assert pool.stats()["opened"] == 2
+
+
+@pytest.mark.parametrize("use_pure", [False, True], ids=["c-extension", "pure-python"])
+def test_a_statement_past_the_read_timeout_is_not_retried_and_costs_only_its_connection(db_env, use_pure):
+    """DB_READ_TIMEOUT ran out: the server is slow, not gone. One wait, not two (a read is
+    otherwise retried on a fresh connection), and the pool's other connections stay."""
+    settings = load_settings({**db_env, "DB_READ_TIMEOUT": "1"})
+    opener = ConnectionOpener(settings, StaticPassword(settings.user, settings.password.get_secret_value()),
+                              use_pure=use_pure)
+    pool = ConnectionPool(opener, size=3, timeout=0.5, max_lifetime=1800, idle_ping=30)
+    lease, *others = [pool.borrow() for _ in range(3)]
+    for method, statement in [("query", "SELECT SLEEP(3) AS slept"), ("execute", "DO SLEEP(3)")]:
+        started = time.monotonic()
+        with pytest.raises(StatementTimeout):
+            getattr(lease, method)(statement)
+        assert 1 <= time.monotonic() - started < 1.8  # one read timeout
+        lease.release()
+        lease = pool.borrow()  # the others are held: this opens a connection for the lost one
+    ids = {other.connection_id for other in others}
+    for held in [lease, *others]:
+        held.release()
+    assert pool.stats()["opened"] == 5 and pool.stats()["closed"] == 2
+    held = [pool.borrow() for _ in range(3)]
+    assert ids <= {h.connection_id for h in held}  # not replaced: they did nothing wrong
+    for h in held:
+        h.release()
+    pool.dispose()
 
 
 def test_open_transaction_is_rolled_back_on_return(db_env):

@@ -315,3 +315,30 @@ def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connect
         locker.close()
         own_server.sql(["SET GLOBAL innodb_lock_wait_timeout = 50"]
                        + (["SET GLOBAL max_statement_time = 0"] if mariadb else []))
+
+
+def test_a_read_past_db_read_timeout_answers_503_after_one_wait(db_env, mysql_server, start_gunicorn):
+    """A read stuck behind LOCK TABLES: DB_READ_TIMEOUT (1 s) runs out once, not twice (a
+    broken connection's read is retried, a slow server's is not), db_timeout is logged, and
+    only that request's connection is replaced."""
+    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
+                             "DB_POOL_SIZE": "2", "DB_READ_TIMEOUT": "1"})
+    locker = connect(db_env)
+    try:
+        cur = locker.cursor()
+        cur.execute("LOCK TABLES users WRITE")
+        started = time.monotonic()
+        response = requests.get(server.url + "/api/users", timeout=10)
+        waited = time.monotonic() - started
+        cur.execute("UNLOCK TABLES")
+    finally:
+        locker.close()
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert 1 <= waited < 1.8, waited
+    assert [r["errno"] for r in gunicorn_log(server, "db_timeout")] == [2013]
+    assert gunicorn_log(server, "db_unavailable") == []
+    assert requests.get(server.url + "/api/users", timeout=10).status_code == 200
+    pool = requests.get(server.url + "/health/ready", timeout=10).json()["pool"]
+    assert pool["closed"] == 1  # the timed-out session only
+    assert "Traceback" not in server.output()

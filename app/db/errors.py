@@ -50,6 +50,11 @@ _MISCONFIGURED = {
 }
 
 
+class StatementTimeout(DatabaseUnavailable):
+    """No answer within DB_READ_TIMEOUT: the driver closed the session, and the server may
+    still be running the statement (a write may yet be applied), so it is never retried."""
+
+
 class PoolTimeout(Exception):
     """Every pooled connection stayed busy for the whole borrow timeout."""
 
@@ -93,10 +98,25 @@ def is_connection_error(error: BaseException) -> bool:
     connection usable.
     """
     return isinstance(error, (mysql.connector.errors.InterfaceError,
-                              mysql.connector.errors.OperationalError)) or (
+                              mysql.connector.errors.OperationalError, *_TIMEOUTS)) or (
         isinstance(error, mysql.connector.errors.DatabaseError)
         and getattr(error, "errno", None) in _CONNECTION_ERRNOS
     )
+
+
+def timed_out(error: BaseException, elapsed: float, read_timeout: float | None) -> bool:
+    """True when the driver gave up waiting for the server (DB_READ_TIMEOUT), which is slow,
+    not gone: the other connections are fine, and sending the statement again on a fresh
+    connection would only wait as long again.
+
+    The pure-Python protocol says so (ReadTimeoutError, WriteTimeoutError; their errno 3024 is
+    also MySQL's max_execution_time). The C extension reports a lost connection (2013), like a
+    dropped socket, but only once its wait has lasted the whole read timeout.
+    """
+    if isinstance(error, _TIMEOUTS):
+        return True
+    return (getattr(error, "errno", None) == 2013 and read_timeout is not None
+            and elapsed >= read_timeout)
 
 
 def is_read_only(error: BaseException) -> bool:
@@ -121,6 +141,9 @@ def was_not_applied(error: BaseException) -> bool:
 
 
 _READ_ONLY_ERRNOS = {1290, 1836}
+
+# The pure-Python protocol's own timeouts: it closes the session after either.
+_TIMEOUTS = (mysql.connector.errors.ReadTimeoutError, mysql.connector.errors.WriteTimeoutError)
 
 # Client and server codes that mean "this session is gone" whatever class the driver picks.
 _CONNECTION_ERRNOS = {

@@ -32,8 +32,9 @@ try:  # the C extension, when it loaded (mysql.connector.HAVE_CEXT)
 except ImportError:  # pragma: no cover - the pinned driver ships it for this platform
     CMySQLConnection = None
 
-from app.db.errors import (DatabaseUnavailable, PoolTimeout, gave_up, is_connection_error,
-                           is_read_only, misconfiguration, was_not_applied)
+from app.db.errors import (DatabaseUnavailable, PoolTimeout, StatementTimeout, gave_up,
+                           is_connection_error, is_read_only, misconfiguration, timed_out,
+                           was_not_applied)
 
 log = logging.getLogger(__name__)
 
@@ -376,18 +377,22 @@ class Lease:
         """Run a read and return its rows as dicts.
 
         Outside a transaction a read is retried once on a fresh connection when the
-        connection turns out to be broken, so a dropped idle connection costs no request.
+        connection turns out to be broken, so a dropped idle connection costs no request; not
+        after DB_READ_TIMEOUT ran out, which a second try would only wait out again.
         """
+        started = time.monotonic()
         try:
             return self._query(sql, params)
         except mysql.connector.Error as err:
-            if not is_connection_error(err) or self._in_transaction():
-                self._raise(err)
+            if (not is_connection_error(err) or self._in_transaction()
+                    or self._timed_out(err, started)):
+                self._raise(err, started)
         self._replace()
+        started = time.monotonic()
         try:
             return self._query(sql, params)
         except mysql.connector.Error as err:
-            self._raise(err)
+            self._raise(err, started)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
         """Run a write; return (rowcount, lastrowid).
@@ -396,19 +401,21 @@ class Lease:
         running it (a writer turned read-only by a failover, a session it had already closed
         for idleness) is retried once on a fresh connection, outside a transaction only.
         """
+        started = time.monotonic()
         try:
             return self._execute(sql, params)
         except mysql.connector.Error as err:
             if not was_not_applied(err) or self._in_transaction():
-                self._raise(err)
+                self._raise(err, started)
             log.warning("the database refused a write without applying it (errno %s); "
                         "retrying once on a fresh connection", err.errno,
                         extra={"event": "db_write_refused", "errno": err.errno})
         self._replace()
+        started = time.monotonic()
         try:
             return self._execute(sql, params)
         except mysql.connector.Error as err:
-            self._raise(err)
+            self._raise(err, started)
 
     def release(self) -> None:
         """Return the connection clean: a transaction left open is rolled back first.
@@ -463,20 +470,28 @@ class Lease:
         except Exception:  # noqa: BLE001 - a broken connection may not even answer that
             return False
 
-    def _discard(self) -> None:
+    def _timed_out(self, err: mysql.connector.Error, started: float) -> bool:
+        conn = self._fairy.dbapi_connection if self._fairy is not None else None
+        return timed_out(err, time.monotonic() - started, getattr(conn, "read_timeout", None))
+
+    def _discard(self, *, suspect_others: bool = True) -> None:
         """Close a broken connection; its pool slot is free for a new one at once."""
         fairy, self._fairy = self._fairy, None
         if fairy is not None:
             fairy.invalidate()  # also returns the (now empty) slot to the pool
-        self._pool.suspect_all()
+        if suspect_others:
+            self._pool.suspect_all()
 
     def _replace(self) -> None:
         """Swap a broken connection for a new one from the same pool."""
         self._discard()
         self._fairy = self._pool.borrow()._fairy
 
-    def _raise(self, err: mysql.connector.Error):
+    def _raise(self, err: mysql.connector.Error, started: float):
         if is_connection_error(err):
+            if self._timed_out(err, started):  # the server is slow: only this session is lost
+                self._discard(suspect_others=False)
+                raise StatementTimeout("no answer within DB_READ_TIMEOUT") from err
             self._discard()
             raise DatabaseUnavailable("the database connection failed") from err
         if is_read_only(err):  # connected to a reader, or a writer mid-failover
