@@ -294,7 +294,7 @@ def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connect
         cur.execute("ROLLBACK")
         expected = [1205]
 
-        cur.execute("LOCK TABLES users WRITE")
+        cur.execute("LOCK TABLES users WRITE, schema_migrations WRITE")
         with ThreadPoolExecutor(1) as client:
             pending = client.submit(requests.get, server.url + "/api/users", timeout=10)
             cur.execute(f"KILL QUERY {waiting_statement(own_server, own_env['RDS_DB_NAME'])}")
@@ -302,6 +302,8 @@ def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connect
         expected.append(1317)
         if mariadb:
             assert_busy(requests.get(server.url + "/api/users", timeout=10))
+            ready = requests.get(server.url + "/health/ready", timeout=10)  # its read is stopped too
+            assert ready.status_code == 200 and ready.json()["database"] == "busy", ready.text
             expected.append(1969)
         cur.execute("UNLOCK TABLES")
 
