@@ -23,7 +23,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from app.config import log_level
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9=;:._\-]{1,200}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9=;:._\-]{1,200}")  # fullmatch: "$" would pass "id\n"
 ENVIRON_KEY = "app.request_id"  # where the middleware keeps the id in the WSGI environ
 
 
@@ -100,7 +100,7 @@ def request_id_from(environ) -> str:
     (2.7 vs 1.3 µs, scripts/profile-request's request id stage) for the same two lookups."""
     for name in ("HTTP_X_AMZN_TRACE_ID", "HTTP_X_REQUEST_ID"):
         value = environ.get(name)
-        if value and _SAFE_ID.match(value):
+        if value and _SAFE_ID.fullmatch(value):
             return value
     return secrets.token_hex(16)
 

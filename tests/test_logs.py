@@ -48,3 +48,15 @@ def test_error_responses_and_their_log_lines_carry_one_request_id(make_database,
         assert response.status_code == status
         (request_id,) = response.headers.getlist("X-Request-Id")
         assert len(request_id) == 32
+
+
+def test_a_request_id_with_a_line_break_is_replaced_not_echoed(db_env, capsys):
+    """gunicorn refuses a CR or LF in a header; a WSGI server that lets one through (an obs-fold
+    unfolded, a trailing newline) must not get it echoed into X-Request-Id or a log line."""
+    client = create_app(db_env).test_client()
+    for given in ("req-1\n", "req-1\r\nSet-Cookie: s=1", "\nreq-1"):
+        response = client.get("/health", environ_overrides={"HTTP_X_REQUEST_ID": given})
+        assert response.status_code == 200
+        (echoed,) = response.headers.getlist("X-Request-Id")
+        assert len(echoed) == 32 and echoed != given  # a fresh id instead
+    assert "req-1" not in capsys.readouterr().out
