@@ -89,20 +89,21 @@ def init_app(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(err.valid_methods)
         return response
 
+    def busy() -> Response:
+        return error_response(503, "database_busy", "The database is busy; retry shortly.",
+                              headers={"Retry-After": str(RETRY_AFTER_BUSY)})
+
     @app.errorhandler(PoolTimeout)
     def _pool_timeout(_err: PoolTimeout):
         log.warning("no free database connection within the borrow timeout",
                     extra={"event": "db_pool_timeout"})
-        return error_response(503, "database_busy",
-                              "The database is busy; retry shortly.",
-                              headers={"Retry-After": str(RETRY_AFTER_BUSY)})
+        return busy()
 
     @app.errorhandler(DatabaseBusy)
     def _db_busy(err: DatabaseBusy):
         log.warning("the database gave up on a statement: %s", err,
                     extra={"event": "db_busy", "errno": err.errno})
-        return error_response(503, "database_busy", "The database is busy; retry shortly.",
-                              headers={"Retry-After": str(RETRY_AFTER_BUSY)})
+        return busy()
 
     @app.errorhandler(DatabaseUnavailable)  # DatabaseMisconfigured too: the client's request was fine
     def _db_unavailable(err: DatabaseUnavailable):
