@@ -12,8 +12,30 @@ import os
 from collections.abc import Mapping
 
 from flask import Flask
+from werkzeug.exceptions import NotFound
 
 MAX_BODY_BYTES = 16 * 1024
+
+
+class DoubledLeadingSlashNotFound:
+    """WSGI middleware: a path that starts with `//` is not found (404 `not_found`, from the
+    error table), like any other path with doubled slashes.
+
+    Werkzeug's router strips leading slashes before it matches, so without this `//api/users`
+    would be `/api/users` while `/api//users` is not found. Requests with a plain path pay one
+    startswith.
+    """
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.wsgi_app = app.wsgi_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("//"):
+            with self.app.request_context(environ):
+                response = self.app.make_response(self.app.handle_user_exception(NotFound()))
+            return response(environ, start_response)
+        return self.wsgi_app(environ, start_response)
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
@@ -38,8 +60,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app.json.sort_keys = False  # keys in the order the code gives them (Flask >= 2.3 reads this)
     app.url_map.strict_slashes = False
     # Werkzeug would answer //api//users or /health//ready with a 308 redirect to a URL built
-    # from the request's Host header; a path with doubled slashes is simply not found.
+    # from the request's Host header; a path with doubled slashes is simply not found, leading
+    # ones too (the middleware: the router would strip them).
     app.url_map.merge_slashes = False
+    app.wsgi_app = DoubledLeadingSlashNotFound(app)  # inside logs' middleware: the 404 gets its request id
     logs.init_app(app)  # first, so that what reading the settings logs is JSON too
 
     settings = load_settings(environ)

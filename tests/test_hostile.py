@@ -355,6 +355,10 @@ SERVER_REJECTED = [
     R(http("GET", "/api/users/\xff"), 404, "not_found", id="raw-non-utf8-byte-in-path"),
     R(http("GET", "//api//users", {"X-Forwarded-Host": "evil.example"}).replace(
         b"Host: 127.0.0.1", b"Host: evil.example"), 404, "not_found", id="double-slash-with-foreign-host"),
+    # Werkzeug's router strips leading slashes: without the app's check these three answer 200.
+    R(http("GET", "//api/users"), 404, "not_found", id="leading-double-slash"),
+    R(http("GET", "///api/users/1"), 404, "not_found", id="leading-triple-slash-before-id"),
+    R(http("GET", "//health"), 404, "not_found", id="leading-double-slash-health"),
     R(http("POST", "/api/users", {**JSON, "Content-Length": "99999999999999999999"},
            b'{"email": "cl@example.com", "name": "x"}'), 413, "payload_too_large", id="giant-content-length"),
     R(http("POST", "/api/users", {**JSON, "Transfer-Encoding": "chunked"}, chunked(PADDED)), 413,

@@ -6,6 +6,7 @@ The http and server blocks below are those of the Amazon Linux 2023 platform's n
 """
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -198,3 +199,21 @@ def test_only_health_check_path_sets_the_health_check():
     setters = [(namespace, key) for namespace, values in options.items() for key in values
                if key.lower().replace(" ", "") in ("healthcheckpath", "applicationhealthcheckurl")]
     assert setters == [("aws:elasticbeanstalk:environment:process:default", "HealthCheckPath")]
+
+
+def test_leading_double_slashes_reach_the_app_unmerged_and_are_not_found(proxied):
+    """nginx merges slashes to pick the location (merge_slashes is on by default), but a
+    proxy_pass without a URI passes the path as the client sent it: the app's 404 answers."""
+    import http.client
+
+    host, port = proxied.removeprefix("http://").split(":")
+    for path in ("//api/users", "///api/users/1", "//health"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        assert response.status == 404, (path, body[:200])
+        assert response.getheader("Content-Type").startswith("application/json")
+        assert response.getheader("X-Request-Id")  # the app's answer, not nginx's
+        assert json.loads(body)["error"]["code"] == "not_found"
