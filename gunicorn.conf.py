@@ -45,6 +45,13 @@ max_requests = 0
 accesslog = "-"
 errorlog = "-"
 forwarded_allow_ips = "127.0.0.1"  # trust X-Forwarded-* only from the local nginx
+# Request line and header limits above nginx's (01_api.conf: lines of 8000 bytes, four buffers
+# of header lines, which hold at most about 11,000 lines of three bytes), so that behind nginx it
+# is nginx that refuses an oversized request, as JSON. Run alone (scripts/run-local), gunicorn
+# refuses beyond these with its own HTML 400/431; it only listens on 127.0.0.1.
+limit_request_line = 8190  # gunicorn's maximum (its default, 4094, is below nginx's)
+limit_request_field_size = 8190  # bytes per header line with its CRLF (gunicorn's default)
+limit_request_fields = 16384  # header lines (gunicorn's default, 100, is below nginx's)
 
 
 def post_worker_init(worker):

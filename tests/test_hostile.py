@@ -327,11 +327,18 @@ PADDED = b'{"email": "chunk@example.com", "name": "x"}' + b" " * (20 * 1024)  # 
 
 
 # (request bytes, expected status, expected code: None where gunicorn refuses the request
-# before the app sees it and answers with its own HTML page; nginx does so in front on Beanstalk.)
+# before the app sees it and answers with its own HTML page. On Beanstalk nginx refuses these
+# in front, its 400/414/431 as JSON: tests/test_nginx.py.)
 SERVER_REJECTED = [
     R(http("GET", "/api/users", {"X-Big": "a" * 9000}), 431, None, id="9000-byte-header"),
-    R(http("GET", "/api/users", [(f"X-H{i}", "1") for i in range(200)]), 431, None, id="200-headers"),
+    R(http("GET", "/api/users", [(f"X-H{i}", "1") for i in range(16_385)]), 431, None,
+      id="16385-headers"),
     R(http("GET", "/api/users?x=" + "a" * 9000), 400, None, id="9000-byte-request-line"),
+    # gunicorn.conf.py's limits sit above nginx's (01_api.conf), so what nginx passes, it parses.
+    R(http("GET", "/api/users/0", [(f"X-H{i}", "1") for i in range(200)]), 404, "not_found",
+      id="200-headers-reach-the-app"),
+    R(http("GET", "/api/users/" + "9" * (8190 - len("GET /api/users/ HTTP/1.1"))), 404, "not_found",
+      id="8190-byte-request-line-reaches-the-app"),
     R(b"GET /api/users HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\rSet-Cookie: s=1\r\n\r\n", 400, None,
       id="bare-cr-in-header"),
     R(b"GET /api/users\r\n\r\n", 400, None, id="http-0.9-request-line"),

@@ -217,3 +217,89 @@ def test_leading_double_slashes_reach_the_app_unmerged_and_are_not_found(proxied
         assert response.getheader("Content-Type").startswith("application/json")
         assert response.getheader("X-Request-Id")  # the app's answer, not nginx's
         assert json.loads(body)["error"]["code"] == "not_found"
+
+
+# nginx's large_client_header_buffers in 01_api.conf: a request line or header line must fit in
+# one 8000-byte buffer with its line end.
+BUFFER = 8000
+
+
+def raw(base, request: bytes):
+    """(status, headers, body) of raw request bytes sent to nginx."""
+    from test_hostile import exchange, parse
+
+    return parse(exchange(base, request))
+
+
+def request_line(length: int) -> bytes:
+    """GET /api/users/xxx... HTTP/1.1, `length` bytes without its line end."""
+    return b"GET /api/users/" + b"x" * (length - len(b"GET /api/users/ HTTP/1.1")) + b" HTTP/1.1"
+
+
+def from_app(answer) -> dict:
+    status, headers, body = answer
+    assert headers.get("content-type", "").startswith("application/json"), (status, body[:300])
+    assert "x-request-id" in headers, (status, body[:300])  # the app answered, not nginx
+    return json.loads(body)["error"] if status >= 400 else json.loads(body)
+
+
+def from_nginx(answer, status: int, code: str) -> None:
+    got, headers, body = answer
+    assert got == status, (got, body[:300])
+    assert headers.get("content-type", "").startswith("application/json"), body[:300]
+    assert "x-request-id" not in headers
+    assert json.loads(body)["error"]["code"] == code
+
+
+def test_oversized_request_lines_and_headers_are_refused_by_nginx_as_json(proxied):
+    """nginx binds before gunicorn: just under each of its limits the app answers, just over
+    nginx does, as JSON; never gunicorn's HTML 400/431 (its limits in gunicorn.conf.py are higher)."""
+    end = b"\r\nHost: a\r\nConnection: close\r\n\r\n"
+    # The request line: BUFFER bytes with CRLF, one more with a bare LF (nginx forwards CRLF).
+    assert from_app(raw(proxied, request_line(BUFFER - 2) + end))["code"] == "not_found"
+    assert from_app(raw(proxied, request_line(BUFFER - 1) + end.replace(b"\r\n", b"\n")))["code"] == "not_found"
+    from_nginx(raw(proxied, request_line(BUFFER - 1) + end), 414, "uri_too_long")
+    from_nginx(raw(proxied, b"POST" + request_line(BUFFER + 500)[3:] + end), 414, "uri_too_long")
+
+    # One header line: nginx forwards "X-Pad:value" as "X-Pad: value", a byte longer.
+    def header(length, separator=b": ", eol=b"\r\n"):
+        name = b"X-Pad" + separator
+        return (b"GET /health HTTP/1.1" + eol + b"Host: a" + eol + name + b"v" * (length - len(name))
+                + eol + b"Connection: close" + eol + eol)
+
+    assert from_app(raw(proxied, header(BUFFER - 2)))["status"] == "ok"
+    assert from_app(raw(proxied, header(BUFFER - 1, b":", b"\n")))["status"] == "ok"
+    from_nginx(raw(proxied, header(BUFFER - 1)), 431, "headers_too_large")
+    from_nginx(raw(proxied, header(9000)), 431, "headers_too_large")
+
+    # Many header lines: gunicorn's default limit is 100; nginx's buffers hold about 11,000 short
+    # ones (10,995 measured), fewer where nginx has a max_headers limit (Debian's 1.22 here
+    # backports one: 1000 lines), in which case nginx refuses the most the buffers hold.
+    def headers(lines):
+        return b"GET /health HTTP/1.1\nHost: a\n" + b"a:\n" * lines + b"Connection: close\n\n"
+
+    assert from_app(raw(proxied, headers(150)))["status"] == "ok"
+    most = raw(proxied, headers(10_900))  # what the buffers can hold
+    if "x-request-id" in most[1]:
+        assert from_app(most)["status"] == "ok"
+    else:
+        from_nginx(most, 431, "headers_too_large")
+    from_nginx(raw(proxied, headers(12_000)), 431, "headers_too_large")
+    big = b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 7000) for i in range(5))  # 5 lines, 4 buffers
+    from_nginx(raw(proxied, b"GET /health HTTP/1.1\r\nHost: a\r\n" + big + b"Connection: close\r\n\r\n"),
+               431, "headers_too_large")
+
+
+def test_requests_nginx_cannot_parse_get_json_400(proxied):
+    from_nginx(raw(proxied, b"GET /api/users HTTP/1.1\r\nHost: x\r\nX-Id: a\rSet-Cookie: s=1\r\n\r\n"),
+               400, "bad_request")
+    from_nginx(raw(proxied, b"G@T /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+               400, "bad_request")  # refused in the request line: no URI yet
+    from_nginx(raw(proxied, b"POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                            b"Content-Length: 40\r\nConnection: close\r\n\r\n{}"), 400, "bad_request")
+    # The internal URIs these refusals go to are not found from outside, as JSON too.
+    from_nginx(raw(proxied, b"GET /.nginx/414 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+               404, "not_found")
+    # The app's own 400s pass through as the app wrote them.
+    assert from_app(raw(proxied, b"GET /api/users?limit=x HTTP/1.1\r\nHost: x\r\nConnection: close"
+                                 b"\r\n\r\n"))["code"] == "invalid_parameter"
