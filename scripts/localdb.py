@@ -4,11 +4,15 @@ Used by scripts/run-local, scripts/bench and the tests. It runs `mariadbd` (or O
 `mysqld`) from PATH or /usr/sbin with no defaults files, so it never touches a system
 server or its data. The datadir is removed on stop unless it was given by the caller.
 
-    python scripts/localdb.py        # start one, print its RDS_* variables, stop on Ctrl-C
+    .venv/bin/python scripts/localdb.py   # start one, print its RDS_* variables, stop on Ctrl-C
+
+A module, not a script of its own (no executable bit, no re-run with .venv): run it with the
+project's virtualenv, which has mysql-connector for creating the database.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -376,6 +380,7 @@ class LocalServer:
 
 
 def main() -> int:
+    argparse.ArgumentParser(prog="localdb.py", description=__doc__.split("\n\n")[0]).parse_args()
     server = LocalServer().start()
     server.create_database("ebdb")
     for name, value in server.environ("ebdb").items():

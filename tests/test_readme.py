@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -159,3 +160,70 @@ def test_documented_error_example_is_what_the_api_says(seeded_server):
     result = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", host)],
                             capture_output=True, text=True, timeout=30)
     assert json.loads(result.stdout) == json.loads(blocks("json")[0])
+
+
+def test_the_scripts_row_says_runs_as_a_script_only_of_executable_scripts():
+    """The module table: what "runs as ./scripts/<name> and says --help" is what is executable
+    (tests/test_tutorial.py runs each with --help); a module named there is not executable."""
+    [row] = [line for line in README.splitlines() if line.startswith("| `scripts/` |")]
+    runnable, modules = row.split("| `scripts/` |")[1].split("Each runs as")
+    executable = {p.name for p in (ROOT / "scripts").iterdir() if p.is_file() and os.access(p, os.X_OK)}
+    assert set(re.findall(r"`([\w-]+)`", runnable)) == executable
+    named = re.findall(r"`([\w-]+\.py)`", modules)
+    assert named and all(not os.access(ROOT / "scripts" / name, os.X_OK) for name in named)
+
+
+def test_quick_start_names_every_tool_ci_installs_for_the_tests():
+    """.ci/run's "# <tool> (tests/...)" lines: each such tool is in the Quick start's list."""
+    paragraph = README.split("A few tests need more of", 1)[1].split("\n\n", 1)[0]
+    commands = re.findall(r"^# (\S+) \(tests/", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+    assert {"nginx", "wrk", "zsh"} <= set(commands)
+    assert [c for c in commands if f"`{c}`" not in paragraph] == []
+
+
+def test_migrate_failures_print_what_the_readme_says():
+    """Invalid settings: several lines after `migrate: `, exit 2; a database that cannot be
+    reached: one line, exit 1."""
+    section = README.split("\n## Migrations\n", 1)[1].split("\n## ", 1)[0]
+    env = {"PATH": os.environ["PATH"], "RDS_HOSTNAME": "127.0.0.1", "RDS_DB_NAME": "ebdb",
+           "RDS_USERNAME": "app", "RDS_PASSWORD": "x", "DB_SSL_MODE": "disabled", "DB_CONNECT_TIMEOUT": "1"}
+
+    def migrate(**changes):
+        return subprocess.run([sys.executable, "-m", "app.migrate"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, env={**env, **changes})
+
+    invalid = migrate(RDS_PORT="abc", DB_POOL_SIZE="lots")
+    lines = invalid.stderr.splitlines()
+    assert invalid.returncode == 2 and lines[0] == "migrate: Invalid configuration (environment properties):"
+    assert "`Invalid configuration (environment properties):`" in section
+    assert [l.split(":")[0].strip() for l in lines[1:3]] == ["RDS_PORT", "DB_POOL_SIZE"]  # one each
+    assert len(lines) == 4 and "environment properties" in lines[3]  # and where to set them
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        unreachable = migrate(RDS_PORT=str(closed.getsockname()[1]))
+    assert unreachable.returncode == 1 and len(unreachable.stderr.splitlines()) == 1
+    assert unreachable.stderr.startswith("migrate: cannot reach the database at 127.0.0.1:")
+    assert "A database or migration failure prints one line" in section
+
+
+def test_doctor_sample_is_what_doctor_says_against_the_server_it_names(make_database):
+    """The Doctor section's output is the README line against a throwaway MariaDB of
+    scripts/localdb.py (as the tests' own server): each line's check and status, and the tcp
+    line's note that the server offers no TLS."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("TEST_DATABASE_URL names another server than scripts/localdb.py's")
+    section = README.split("\n## Doctor\n", 1)[1].split("\n## ", 1)[0]
+    sample = re.search(r"```text\n(.*?)```", section, re.DOTALL)[1].splitlines()
+    assert "throwaway MariaDB of `scripts/localdb.py`" in section
+    [line] = [l.strip() for l in re.findall(r"```sh\n(.*?)```", section, re.DOTALL)[0].splitlines()
+              if l.strip().endswith("./scripts/doctor")]
+    db = make_database()
+    line = line.replace("RDS_PORT=3306", f"RDS_PORT={db['RDS_PORT']}").replace(
+        "RDS_DB_NAME=ebdb", f"RDS_DB_NAME={db['RDS_DB_NAME']}")
+    result = subprocess.run(["bash", "-c", line], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"})
+    real = result.stdout.splitlines()
+    assert [l.split()[:2] for l in real] == [l.split()[:2] for l in sample], result.stdout + result.stderr
+    [tcp] = [l for l in real if l.split()[1] == "tcp"]
+    [sample_tcp] = [l for l in sample if l.split()[1] == "tcp"]
+    assert tcp.endswith("(it does not offer TLS)") and sample_tcp.endswith("(it does not offer TLS)")

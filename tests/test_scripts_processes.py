@@ -249,3 +249,11 @@ def test_start_gunicorn_stops_a_server_that_never_answers_health(start_gunicorn,
         start_gunicorn({"WEB_CONCURRENCY": "1", "RDS_HOSTNAME": "127.0.0.1", "RDS_DB_NAME": "unused",
                         "RDS_USERNAME": "unused", "RDS_PASSWORD": "unused"}, extra_args=["--bind", elsewhere])
     assert processes_matching(elsewhere) == ""
+
+
+def test_localdb_says_its_usage_without_starting_a_server():
+    """`python scripts/localdb.py --help` prints its usage; it used to start a server instead."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "localdb.py"), "--help"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("usage: localdb.py"), result.stderr
+    assert "RDS_HOSTNAME" not in result.stdout
