@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -187,19 +188,33 @@ class Settings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _auth_needs(self) -> Settings:
+    def _consistent(self, info: ValidationInfo) -> Settings:
+        """The checks between variables, in one validator: pydantic runs no later validator
+        once one fails, and the one message must name every problem.
+
+        load_settings' second pass gives `malformed`: fields whose value was refused and so
+        left out, which are not to be reported as unset.
+        """
+        malformed = (info.context or {}).get("malformed", set())
+        problems = [*self._auth_problems(malformed), *self._api_key_problems()]
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    def _auth_problems(self, malformed: set[str]) -> list[str]:
         problems = []
-        if self.auth is not AuthMode.SECRETS_MANAGER:
-            # Without a secret to fill them in, these must come from the environment.
-            for var, value in (("RDS_HOSTNAME", self.host), ("RDS_DB_NAME", self.database),
-                               ("RDS_USERNAME", self.user)):
-                if not value:
-                    problems.append(f"{var}: is required (got not set); expected {EXPECTED[var]}")
-        if self.auth is AuthMode.PASSWORD and not self.password:
-            problems.append("RDS_PASSWORD is required when DB_AUTH=password")
-        if self.auth is AuthMode.SECRETS_MANAGER and not self.secret_id:
-            problems.append("DB_SECRET_ID is required when DB_AUTH=secretsmanager: "
-                            "set it to the secret's name or ARN")
+        if "auth" not in malformed:  # which variables DB_AUTH needs depends on its value
+            if self.auth is not AuthMode.SECRETS_MANAGER:
+                # Without a secret to fill them in, these must come from the environment.
+                for var, field in (("RDS_HOSTNAME", "host"), ("RDS_DB_NAME", "database"),
+                                   ("RDS_USERNAME", "user")):
+                    if not getattr(self, field) and field not in malformed:
+                        problems.append(f"{var}: is required (got not set); expected {EXPECTED[var]}")
+            if self.auth is AuthMode.PASSWORD and not self.password:
+                problems.append("RDS_PASSWORD is required when DB_AUTH=password")
+            if self.auth is AuthMode.SECRETS_MANAGER and not self.secret_id:
+                problems.append("DB_SECRET_ID is required when DB_AUTH=secretsmanager: "
+                                "set it to the secret's name or ARN")
         if self.auth is AuthMode.IAM and self.ssl_mode.value not in _VERIFYING:
             problems.append(f"DB_SSL_MODE={self.ssl_mode.value} is not allowed with DB_AUTH=iam: "
                             "the token is a password sent in clear text over TLS; use verify-ca or "
@@ -208,12 +223,9 @@ class Settings(BaseModel):
             problems.append(f"DB_SSL_CA: no file at {self.ssl_ca!r}, needed for DB_SSL_MODE="
                             f"{self.ssl_mode.value}; deploy the RDS CA bundle there or point "
                             "DB_SSL_CA at it")
-        if problems:
-            raise ValueError("\n  ".join(problems))
-        return self
+        return problems
 
-    @model_validator(mode="after")
-    def _api_keys_needed(self) -> Settings:
+    def _api_key_problems(self) -> list[str]:
         """Digests only, never a key (nor anything that may be one) in the message."""
         problems = []
         items = [i.strip() for i in (self.api_key_sha256 or "").split(",") if i.strip()]
@@ -228,9 +240,7 @@ class Settings(BaseModel):
                 f"API_AUTH={self.api_auth} needs API_KEY_SHA256 or API_KEYS_SECRET_ID (got neither); "
                 "make a key with scripts/new-api-key and set its digest, or set API_AUTH=off to "
                 "serve without keys (never on the internet)")
-        if problems:
-            raise ValueError("\n  ".join(problems))
-        return self
+        return problems
 
     @property
     def api_key_hashes(self) -> tuple[str, ...]:
@@ -242,11 +252,13 @@ def _is_sha256_hex(value: str) -> bool:
     return len(value) == 64 and not value.strip("0123456789abcdefABCDEF")
 
 
-_FIELD_TO_VAR = {
-    name: (field.validation_alias.choices[0] if isinstance(field.validation_alias, AliasChoices)
-           else field.validation_alias)
-    for name, field in Settings.model_fields.items()
-}
+def _variables(field) -> list[str]:
+    alias = field.validation_alias
+    return list(alias.choices) if isinstance(alias, AliasChoices) else [alias]
+
+
+_FIELD_TO_VAR = {name: _variables(field)[0] for name, field in Settings.model_fields.items()}
+_VAR_TO_FIELD = {var: name for name, field in Settings.model_fields.items() for var in _variables(field)}
 _SECRET_VARS = {"RDS_PASSWORD"}
 
 
@@ -268,7 +280,28 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     try:
         return Settings.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(_describe(err, values)) from None
+        problems = _problems(err)
+        raise ConfigError(_describe(problems + _unchecked(problems, values), values)) from None
+
+
+def _unchecked(problems: list, values: Mapping[str, str]) -> list:
+    """The checks between variables (a required one unset...) that pydantic skipped because a
+    value was malformed, run without the malformed ones: one start names every bad variable."""
+    malformed = {_VAR_TO_FIELD.get(str(p["loc"][0]), str(p["loc"][0])) for p in problems if p["loc"]}
+    if not malformed:
+        return []  # they ran: the problems are theirs
+    if "port" in malformed and "RDS_PORT" not in values:
+        malformed.add("host")  # the port came from RDS_ENDPOINT's host:port
+    rest = {k: v for k, v in values.items() if _VAR_TO_FIELD.get(k) not in malformed}
+    try:
+        Settings.model_validate(rest, context={"malformed": malformed})
+    except ValidationError as err:
+        return [p for p in _problems(err) if not p["loc"]]
+    return []
+
+
+def _problems(err: ValidationError) -> list:
+    return err.errors(include_url=False, include_input=False)
 
 
 class _LogLevelOnly(BaseModel):
@@ -281,7 +314,7 @@ def log_level(value: str | None) -> str:
     try:
         return _LogLevelOnly.model_validate(values).log_level
     except ValidationError as err:
-        raise ConfigError(_describe(err, values)) from None
+        raise ConfigError(_describe(_problems(err), values)) from None
 
 
 def complete_from_secret(settings: Settings, found: Mapping[str, tuple[str, object]],
@@ -320,9 +353,9 @@ def _reason(problem) -> str:
     return problem["msg"].removeprefix("Value error, ")
 
 
-def _describe(err: ValidationError, values: Mapping[str, str]) -> str:
+def _describe(problems: list, values: Mapping[str, str]) -> str:
     lines = ["Invalid configuration (environment properties):"]
-    for problem in err.errors(include_url=False, include_input=False):
+    for problem in problems:
         loc = problem["loc"]
         if loc:
             var = _FIELD_TO_VAR.get(str(loc[0]), str(loc[0]))

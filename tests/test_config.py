@@ -34,6 +34,37 @@ def test_missing_variables_are_all_named_with_the_fix():
     assert "eb setenv" in message and "scripts/run-local" in message
 
 
+def test_malformed_and_missing_variables_are_named_in_the_same_message():
+    """pydantic skips the checks between variables once a value is malformed: the missing ones
+    must still be named now, not on the next start."""
+    with pytest.raises(ConfigError) as err:
+        load_settings({"RDS_PORT": "abc", "DB_POOL_SIZE": "0", "API_AUTH": "all"})
+    lines = str(err.value).splitlines()
+    assert lines[0] == "Invalid configuration (environment properties):" and "eb setenv" in lines[-1]
+    named = [line.strip().split(":")[0].split(" ")[0].split("=")[0] for line in lines[1:-1]]
+    assert named == ["RDS_PORT", "DB_POOL_SIZE", "RDS_HOSTNAME", "RDS_DB_NAME", "RDS_USERNAME",
+                     "RDS_PASSWORD", "API_AUTH"]
+    assert "  RDS_HOSTNAME: is required (got not set); expected " in str(err.value)
+
+
+NO_PASSWORD = {k: v for k, v in BASE.items() if k != "RDS_PASSWORD"}
+
+
+@pytest.mark.parametrize("env, said, not_said", [
+    ({**NO_PASSWORD, "RDS_HOSTNAME": "mysql://db"}, "RDS_PASSWORD is required", "RDS_HOSTNAME: is required"),
+    ({**NO_PASSWORD, "RDS_DB_NAME": "x" * 65}, "RDS_PASSWORD is required", "RDS_DB_NAME: is required"),
+    ({k: v for k, v in NO_PASSWORD.items() if k != "RDS_HOSTNAME"} | {"RDS_ENDPOINT": "db:abc"},
+     "RDS_PASSWORD is required", "RDS_HOSTNAME: is required"),
+    # Which variables DB_AUTH needs depends on its value: none is called missing.
+    ({"DB_AUTH": "secretmanager", "DB_SECRET_ID": "prod/db", "API_AUTH": "all"},
+     "API_AUTH=all needs", "is required"),
+])
+def test_a_malformed_variable_is_not_also_called_unset(env, said, not_said):
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    assert said in str(err.value) and not_said not in str(err.value)
+
+
 @pytest.mark.parametrize("var, value, expected", [
     ("RDS_PORT", "abc", "RDS_PORT"),
     ("RDS_PORT", "70000", "between 1 and 65535"),
