@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -54,6 +55,12 @@ class SslTrust(str, enum.Enum):
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# The shape every AWS partition's region names share (botocore's partitions.json: us-east-1,
+# us-gov-west-1, cn-north-1, us-iso-east-1, us-isob-east-1, eu-isoe-west-1, eusc-de-east-1...),
+# so that a partition or region newer than this code still passes; an availability zone
+# (eu-west-1a), a placeholder or an upper-case name does not.
+_REGION = re.compile(r"^[a-z]+(-[a-z]+)+-\d+$")
 
 # Where the deployment puts the RDS CA "global bundle" (see .platform/hooks/prebuild).
 DEFAULT_SSL_CA = "/etc/pki/tls/certs/rds-global-bundle.pem"
@@ -127,8 +134,6 @@ class Settings(BaseModel):
     password: SecretStr | None = Field(None, validation_alias="RDS_PASSWORD")
     auth: AuthMode = Field(AuthMode.PASSWORD, validation_alias="DB_AUTH")
     secret_id: str | None = Field(None, validation_alias="DB_SECRET_ID", min_length=1)
-    aws_region: str | None = Field(None, validation_alias="AWS_REGION",
-                                   pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
     ssl_mode: SslMode = Field(SslMode.REQUIRED, validation_alias="DB_SSL_MODE")
     ssl_ca: str = Field(DEFAULT_SSL_CA, validation_alias="DB_SSL_CA", min_length=1)
     ssl_trust: SslTrust = Field(SslTrust.RDS, validation_alias="DB_SSL_TRUST")
@@ -147,6 +152,9 @@ class Settings(BaseModel):
     api_key_sha256: str | None = Field(None, validation_alias="API_KEY_SHA256")
     api_keys_secret_id: str | None = Field(None, validation_alias="API_KEYS_SECRET_ID",
                                            min_length=1)
+    # Declared after auth and api_keys_secret_id, which its validator reads. AWS_DEFAULT_REGION
+    # (the AWS CLI's and SDKs' name) stands in when AWS_REGION is unset; errors name the one read.
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
     # Pool metrics as CloudWatch embedded metric format lines on stdout (app/metrics.py).
     metrics_interval: float = Field(60.0, validation_alias="METRICS_INTERVAL", ge=0, le=3600)
     metrics_namespace: str = Field("FlaskRdsApp", validation_alias="METRICS_NAMESPACE",
@@ -178,6 +186,17 @@ class Settings(BaseModel):
     def _not_aws_namespace(cls, value: str) -> str:
         if value.startswith("AWS/"):
             raise ValueError("must not start with AWS/ (reserved for AWS services)")
+        return value
+
+    @field_validator("aws_region")
+    @classmethod
+    def _region_where_used(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Checked only where the app calls AWS with it (IAM tokens, Secrets Manager): a value
+        set for other tools must not stop an app that makes no AWS call."""
+        used = (info.data.get("auth") in (AuthMode.IAM, AuthMode.SECRETS_MANAGER)
+                or info.data.get("api_keys_secret_id"))
+        if value is not None and used and not _REGION.match(value):
+            raise ValueError("is not an AWS region name")
         return value
 
     @field_validator("host")
@@ -273,10 +292,8 @@ def describe(settings: Settings) -> dict[str, object]:
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Validate the environment; raise ConfigError naming each bad variable and the fix."""
-    values = {k: v for k, v in environ.items() if k in EXPECTED or k == "RDS_ENDPOINT"}
-    if "AWS_REGION" not in values and environ.get("AWS_DEFAULT_REGION"):
-        values["AWS_REGION"] = environ["AWS_DEFAULT_REGION"]
-    values = {k: v for k, v in values.items() if v != ""}  # an empty property means "not set"
+    # An empty property means "not set".
+    values = {k: v for k, v in environ.items() if k in _VAR_TO_FIELD and v != ""}
     try:
         return Settings.model_validate(values)
     except ValidationError as err:
@@ -360,7 +377,8 @@ def _describe(problems: list, values: Mapping[str, str]) -> str:
         if loc:
             var = _FIELD_TO_VAR.get(str(loc[0]), str(loc[0]))
             reason = _reason(problem)
-            expected = EXPECTED.get(var)
+            # An alias expects what its field's first name does (AWS_DEFAULT_REGION: AWS_REGION's).
+            expected = EXPECTED.get(_FIELD_TO_VAR.get(_VAR_TO_FIELD.get(var), var))
             endpoint = values.get("RDS_ENDPOINT")
             if endpoint and not values.get("RDS_HOSTNAME") and (
                     var in ("RDS_HOSTNAME", "RDS_ENDPOINT")

@@ -140,8 +140,46 @@ def test_iam_region_must_be_known():
 
     with pytest.raises(ConfigError, match="AWS_REGION: is required"):
         region_for(load_settings(BASE), None)
-    with pytest.raises(ConfigError, match="AWS_REGION"):
-        load_settings({**BASE, "AWS_REGION": "moon-base"})
+    with pytest.raises(ConfigError, match="AWS_REGION: is not an AWS region name"):
+        load_settings({**SECRETS, "AWS_REGION": "moon-base"})
+
+
+SECRETS = {"DB_AUTH": "secretsmanager", "DB_SECRET_ID": "prod/db"}
+
+
+def _regions_of_every_partition() -> list[str]:
+    import botocore.loaders
+
+    partitions = botocore.loaders.Loader().load_data("partitions")["partitions"]
+    return [region for p in partitions for region in p["regions"] if not region.endswith("-global")]
+
+
+def test_every_partitions_regions_are_accepted():
+    """GovCloud, China, the ISO partitions and the European Sovereign Cloud (eusc-de-east-1)."""
+    regions = _regions_of_every_partition()
+    assert {"us-gov-west-1", "cn-north-1", "us-iso-east-1", "us-isob-east-1", "eusc-de-east-1"} <= set(regions)
+    for region in regions:
+        assert load_settings({**SECRETS, "AWS_REGION": region}).aws_region == region
+
+
+@pytest.mark.parametrize("env", [
+    SECRETS,
+    {**BASE, "API_KEYS_SECRET_ID": "prod/api-keys"},  # read from Secrets Manager in any DB_AUTH
+])
+@pytest.mark.parametrize("value", ["eu-west-1a", "EU-WEST-1", "eu-west", "<region>"])
+def test_a_region_that_is_used_is_checked_and_named_as_the_variable_set(env, value):
+    """AWS_DEFAULT_REGION stands in for an unset AWS_REGION: an error names the one set."""
+    with pytest.raises(ConfigError) as err:
+        load_settings({**env, "AWS_DEFAULT_REGION": value})
+    assert f"  AWS_DEFAULT_REGION: is not an AWS region name (got {value!r}); expected " in str(err.value)
+    assert "AWS_REGION:" not in str(err.value)
+    assert load_settings({**env, "AWS_DEFAULT_REGION": value, "AWS_REGION": "eu-west-1"}).aws_region == "eu-west-1"
+
+
+def test_a_region_no_aws_call_uses_does_not_stop_the_app():
+    """DB_AUTH=password calls no AWS API: a region set there for other tools is not checked."""
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        assert load_settings({**BASE, var: "eu-west-1a"}).auth is AuthMode.PASSWORD
 
 
 def test_empty_property_means_unset():
