@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -64,6 +65,7 @@ _REGION = re.compile(r"^[a-z]+(-[a-z]+)+-\d+$")
 
 # Where the deployment puts the RDS CA "global bundle" (see .platform/hooks/prebuild).
 DEFAULT_SSL_CA = "/etc/pki/tls/certs/rds-global-bundle.pem"
+RDS_CA_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
 _VERIFYING = ("verify-ca", "verify-identity")
 
 
@@ -238,10 +240,15 @@ class Settings(BaseModel):
             problems.append(f"DB_SSL_MODE={self.ssl_mode.value} is not allowed with DB_AUTH=iam: "
                             "the token is a password sent in clear text over TLS; use verify-ca or "
                             "verify-identity")
-        if self.ssl_mode.value in _VERIFYING and not os.path.isfile(self.ssl_ca):
-            problems.append(f"DB_SSL_CA: no file at {self.ssl_ca!r}, needed for DB_SSL_MODE="
-                            f"{self.ssl_mode.value}; deploy the RDS CA bundle there or point "
-                            "DB_SSL_CA at it")
+        if self.ssl_mode.value in _VERIFYING:
+            if not os.path.isfile(self.ssl_ca):
+                problems.append(f"DB_SSL_CA: no file at {self.ssl_ca!r}, needed for DB_SSL_MODE="
+                                f"{self.ssl_mode.value}; deploy the RDS CA bundle there or point "
+                                "DB_SSL_CA at it")
+            elif why := _not_a_ca_bundle(self.ssl_ca):
+                problems.append(f"DB_SSL_CA: {self.ssl_ca!r} {why}, needed for DB_SSL_MODE="
+                                f"{self.ssl_mode.value}; put the RDS CA bundle there ({RDS_CA_BUNDLE_URL}, "
+                                "which .platform's prebuild hook installs) or point DB_SSL_CA at it")
         return problems
 
     def _api_key_problems(self) -> list[str]:
@@ -265,6 +272,18 @@ class Settings(BaseModel):
     def api_key_hashes(self) -> tuple[str, ...]:
         """API_KEY_SHA256's digests, lower-case (the secret's come through app/auth.py)."""
         return tuple(i.strip().lower() for i in (self.api_key_sha256 or "").split(",") if i.strip())
+
+
+def _not_a_ca_bundle(path: str) -> str | None:
+    """Why the file cannot be the CAs a TLS connection trusts, loaded as the driver loads it;
+    None when it holds a certificate. Else every connection fails, naming no variable."""
+    try:
+        loaded = ssl.create_default_context(cafile=path).cert_store_stats()["x509"]
+    except ssl.SSLError as err:  # OpenSSL's words, without its source line
+        return f"is not a PEM bundle of CA certificates ({str(err).split(' (_ssl.c')[0]})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    return None if loaded else "holds no certificate"
 
 
 def _is_sha256_hex(value: str) -> bool:

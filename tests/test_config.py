@@ -1,7 +1,10 @@
+import ssl
+
 import pytest
 
+import localdb
 from app import create_app
-from app.config import EXPECTED, AuthMode, ConfigError, SslMode, load_settings
+from app.config import EXPECTED, RDS_CA_BUNDLE_URL, AuthMode, ConfigError, SslMode, load_settings
 
 BASE = {"RDS_HOSTNAME": "db.example.internal", "RDS_DB_NAME": "ebdb",
         "RDS_USERNAME": "app", "RDS_PASSWORD": "s3cret-canary"}
@@ -94,13 +97,44 @@ def test_password_is_required_in_password_mode_and_never_echoed():
     assert "s3cret-canary" not in repr(load_settings(BASE))
 
 
-def test_verifying_tls_needs_the_ca_bundle_file(tmp_path):
+@pytest.fixture
+def bundle(tmp_path):
+    """A PEM file holding one CA certificate, as DB_SSL_CA must."""
+    return localdb.make_ca(tmp_path, "rds")
+
+
+def test_verifying_tls_needs_the_ca_bundle_file(bundle):
     with pytest.raises(ConfigError, match="DB_SSL_CA: no file at '/etc/pki/tls/certs/rds-global-bundle.pem'"):
         load_settings({**BASE, "DB_SSL_MODE": "verify-identity"})
-    bundle = tmp_path / "rds.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
     s = load_settings({**BASE, "DB_SSL_MODE": "verify-ca", "DB_SSL_CA": str(bundle)})
     assert s.ssl_ca == str(bundle)
+
+
+@pytest.mark.parametrize("content", [
+    lambda ca: b"mydb-host\n",  # DB_SSL_CA=/etc/hostname
+    lambda ca: b"-----BEGIN CERTIFICATE-----\n",  # a download cut short
+    lambda ca: ca.with_suffix(".key").read_bytes(),  # the CA's private key, not its certificate
+    lambda ca: ssl.PEM_cert_to_DER_cert(ca.read_text()),  # a certificate, but not PEM
+], ids=["hostname", "truncated", "key", "der"])
+@pytest.mark.parametrize("mode", ["verify-ca", "verify-identity"])
+def test_a_file_that_is_no_ca_bundle_is_named_at_startup(bundle, tmp_path, content, mode):
+    """The driver would fail every connection with OpenSSL's words and no variable name."""
+    path = tmp_path / "not-a-bundle"
+    path.write_bytes(content(bundle))
+    with pytest.raises(ConfigError) as err:
+        create_app({**BASE, "DB_SSL_MODE": mode, "DB_SSL_CA": str(path)})
+    message = str(err.value)
+    assert f"  DB_SSL_CA: {str(path)!r} is not a PEM bundle of CA certificates (" in message
+    assert f"needed for DB_SSL_MODE={mode}" in message and RDS_CA_BUNDLE_URL in message
+    # Not checked where it is not used.
+    assert load_settings({**BASE, "DB_SSL_MODE": "required", "DB_SSL_CA": str(path)}).ssl_ca == str(path)
+
+
+def test_the_bundle_url_in_the_message_is_the_one_the_prebuild_hook_fetches():
+    from conftest import ROOT
+
+    hook = (ROOT / ".platform/hooks/prebuild/01_rds_ca_bundle.sh").read_text()
+    assert f'URL="${{RDS_CA_BUNDLE_URL:-{RDS_CA_BUNDLE_URL}}}"' in hook
 
 
 def test_secretsmanager_mode_needs_only_the_secret():
@@ -110,9 +144,7 @@ def test_secretsmanager_mode_needs_only_the_secret():
         load_settings({**BASE, "DB_AUTH": "secretsmanager"})
 
 
-def test_iam_mode_defaults_to_verify_identity_and_refuses_weaker_tls(tmp_path):
-    bundle = tmp_path / "rds.pem"
-    bundle.write_text("x")
+def test_iam_mode_defaults_to_verify_identity_and_refuses_weaker_tls(bundle):
     env = {**BASE, "DB_AUTH": "iam", "DB_SSL_CA": str(bundle)}
     del env["RDS_PASSWORD"]
     assert load_settings(env).ssl_mode is SslMode.VERIFY_IDENTITY
@@ -296,7 +328,7 @@ def test_gunicorn_stops_with_the_message_and_no_traceback(env, expected):
     assert "s3cret-canary" not in output
 
 
-def test_the_deployed_defaults_are_valid_settings(tmp_path):
+def test_the_deployed_defaults_are_valid_settings(bundle):
     """.ebextensions/01-environment.config sets properties on every environment: each must be
     a documented variable with a value load_settings accepts (a typo there stops every instance)."""
     import yaml
@@ -307,8 +339,7 @@ def test_the_deployed_defaults_are_valid_settings(tmp_path):
     properties = config["option_settings"]["aws:elasticbeanstalk:application:environment"]
     gunicorn = {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"}
     assert set(properties) <= set(EXPECTED) | gunicorn
-    bundle = tmp_path / "rds.pem"
-    bundle.write_text("x")  # the prebuild hook installs it on an instance
+    # bundle: the prebuild hook installs one on an instance
     env = {k: str(v) for k, v in properties.items() if k in EXPECTED and k != "AWS_REGION"}
     # 01 sets API_AUTH=all; the key's digest comes with eb create --envvars (README).
     digest = "0" * 64

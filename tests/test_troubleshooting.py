@@ -96,6 +96,33 @@ def test_each_quoted_message_is_printed_by_the_code():
     assert missing("cannot reach the database at … (…): check the firewall", strings) == ["check the firewall"]
 
 
+def quoted(start: str) -> str:
+    [line] = [line for line in quoted_lines() if line.startswith(start)]
+    return line
+
+
+def printed(line: str, output: str) -> bool:
+    """Whether `output` holds the quoted line, each … standing for a value."""
+    return re.search(".+?".join(re.escape(part) for part in line.split(PLACEHOLDER)), output) is not None
+
+
+def run_bootstrap(env: dict[str, str]) -> str:
+    """A deploy's first container command, 01_bootstrap_user, failing; returns its stderr."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_", "API_"))}
+    result = subprocess.run([sys.executable, "-m", "app.bootstrap"], cwd=ROOT, env={**clean, **env},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_a_file_that_is_no_ca_bundle_stops_a_deploy_as_quoted(tmp_path):
+    (tmp_path / "hostname").write_text("ip-10-0-1-23\n")
+    stderr = run_bootstrap({"RDS_HOSTNAME": "127.0.0.1", "RDS_PORT": str(localdb.free_port()),
+                            "RDS_DB_NAME": "ebdb", "RDS_USERNAME": "app", "RDS_PASSWORD": "x",
+                            "DB_SSL_MODE": "verify-identity", "DB_SSL_CA": str(tmp_path / "hostname")})
+    assert printed(quoted("DB_SSL_CA: … is not a PEM bundle"), stderr), stderr
+
+
 def test_api_auth_all_without_a_key_prints_the_quoted_lines(tmp_path):
     """gunicorn as the Procfile starts it, with .ebextensions/01's API_AUTH=all and no key."""
     [start] = [i for i, line in enumerate(quoted_lines()) if line.startswith("Configuration error:")]
