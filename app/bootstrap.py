@@ -26,6 +26,7 @@ from app.config import AuthMode, ConfigError, Settings, SslMode, load_settings
 from app.credentials import (CredentialProvider, aws_error, aws_refusal, complete_settings, managed_master_secret,
                              provider_for)
 from app.db.connection import ConnectionOpener
+from app.migrate import explain
 
 # Enough to serve the API and run its migrations, on the app's database only.
 APP_GRANTS = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES"
@@ -62,15 +63,17 @@ def user_sql(database: str, user: str, *, iam: bool, password: str | None,
 
 
 def _app_can_connect(settings: Settings, credentials: CredentialProvider) -> mysql.connector.Error | None:
-    """None when the app's own credentials open a session on its database, else the refusal."""
+    """None when the app's own credentials open a session on its database, else the refusal.
+
+    Any other failure is explained as the migration explains it (the network, TLS...): this is
+    a deploy's first command, so its line is the one an operator reads.
+    """
     try:
         ConnectionOpener(settings, credentials)().close()
     except mysql.connector.Error as err:
         if err.errno in _FIXABLE:
             return err
-        raise BootstrapError(f"cannot reach the database at {settings.host}:{settings.port} "
-                             f"(MySQL error {err.errno}): check that the database's security group "
-                             "admits the instances and that DB_SSL_MODE/DB_SSL_CA fit it") from None
+        raise BootstrapError(explain(err, settings, credentials.description)) from None
     return None
 
 

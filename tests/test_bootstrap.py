@@ -178,7 +178,17 @@ def test_unreachable_database_says_where_to_look(fresh, moto_endpoint, mysql_ser
                       DB_CONNECT_TIMEOUT="2")
     result = run("app.bootstrap", env)
     assert result.returncode == 1 and "security group" in result.stderr
+    assert "MySQL error 2003" in result.stderr and "check RDS_HOSTNAME/RDS_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_tls_failure_names_the_tls_settings_not_the_network(make_database):
+    """app.migrate's explanation: the test server offers no TLS, which DB_SSL_MODE=required needs."""
+    result = run("app.bootstrap", {**make_database(migrated=False), "DB_SSL_MODE": "required"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("bootstrap: TLS to the database at 127.0.0.1:"), result.stderr
+    assert "(MySQL error 2026: " in result.stderr and "check DB_SSL_MODE/DB_SSL_CA" in result.stderr
+    assert "security group" not in result.stderr
 
 
 def test_iam_users_are_created_for_the_rds_plugin(mysql_server, fresh):

@@ -2,8 +2,9 @@
 
 A user searches the README for a fragment of their error. Each line of the section's `text`
 blocks must still be printed by this repository (app/, scripts/, .platform/, application.py,
-gunicorn.conf.py), `…` standing for a printed value; two cases are provoked for real: a
-deployment without an API key, and a database that refuses connections with 1040.
+gunicorn.conf.py), `…` standing for a printed value. Some are provoked for real: a deployment
+without an API key, a database that refuses connections with 1040, and a deploy's first command
+(the bootstrap) with a file that is no CA bundle, the wrong CA, or no database listening.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import mysql.connector
 import pytest
 
 import localdb
-from conftest import ROOT, procfile_command
+from conftest import ROOT, make_test_pki, procfile_command
 
 from app import create_app
 
@@ -115,12 +116,38 @@ def run_bootstrap(env: dict[str, str]) -> str:
     return result.stderr
 
 
+def no_database(**extra: str) -> dict[str, str]:
+    """Properties naming a port where no server listens."""
+    return {"RDS_HOSTNAME": "127.0.0.1", "RDS_PORT": str(localdb.free_port()), "RDS_DB_NAME": "ebdb",
+            "RDS_USERNAME": "app", "RDS_PASSWORD": "x", "DB_SSL_MODE": "disabled", **extra}
+
+
 def test_a_file_that_is_no_ca_bundle_stops_a_deploy_as_quoted(tmp_path):
     (tmp_path / "hostname").write_text("ip-10-0-1-23\n")
-    stderr = run_bootstrap({"RDS_HOSTNAME": "127.0.0.1", "RDS_PORT": str(localdb.free_port()),
-                            "RDS_DB_NAME": "ebdb", "RDS_USERNAME": "app", "RDS_PASSWORD": "x",
-                            "DB_SSL_MODE": "verify-identity", "DB_SSL_CA": str(tmp_path / "hostname")})
+    stderr = run_bootstrap(no_database(DB_SSL_MODE="verify-identity", DB_SSL_CA=str(tmp_path / "hostname")))
     assert printed(quoted("DB_SSL_CA: … is not a PEM bundle"), stderr), stderr
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A server whose certificate ca.pem signed, and wrong-ca.pem, which signed nothing."""
+    work = tmp_path_factory.mktemp("tls")
+    server = localdb.LocalServer(basedir=work / "db", extra_args=make_test_pki(work / "pki")).start()
+    yield {"env": {**server.environ("ebdb"), "DB_CONNECT_TIMEOUT": "3"}, "pki": work / "pki"}
+    server.remove()
+
+
+@pytest.mark.parametrize("mode", ["verify-ca", "verify-identity"])  # 01 sets verify-identity
+def test_the_wrong_ca_stops_a_deploy_as_quoted(tls_server, mode):
+    """The bootstrap connects first, so its line is the one a deploy with the wrong bundle shows."""
+    env = {**tls_server["env"], "DB_SSL_MODE": mode, "DB_SSL_CA": str(tls_server["pki"] / "wrong-ca.pem")}
+    [line] = run_bootstrap(env).splitlines()
+    assert printed(quoted("bootstrap: TLS to the database at "), line), line
+
+
+def test_an_unreachable_database_stops_a_deploy_as_quoted():
+    [line] = run_bootstrap(no_database()).splitlines()
+    assert printed(quoted("bootstrap: cannot reach the database at "), line), line
 
 
 def test_api_auth_all_without_a_key_prints_the_quoted_lines(tmp_path):
