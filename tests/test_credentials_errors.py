@@ -262,7 +262,7 @@ def test_iam_without_aws_credentials_is_a_503_naming_the_fix(monkeypatch, tmp_pa
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    (tmp_path / "ca.pem").write_text("x")
+    localdb.make_ca(tmp_path, "ca")  # DB_SSL_CA must hold a certificate
     app = create_app({"DB_AUTH": "iam", "RDS_HOSTNAME": "127.0.0.1", "RDS_DB_NAME": "ebdb",
                       "RDS_USERNAME": "app", "AWS_REGION": "eu-west-1",
                       "DB_SSL_CA": str(tmp_path / "ca.pem")})
