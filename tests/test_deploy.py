@@ -164,7 +164,7 @@ def eb_parse(eb_venv: Path, lines: list[str]) -> subprocess.CompletedProcess:
 def test_readme_eb_commands_parse_with_the_eb_cli(eb_venv):
     lines = [line for line in readme_lines("eb ") if line.startswith("eb ")]
     assert [shlex.split(line)[1] for line in lines] == ["init", "create", "create", "setenv", "deploy",
-                                                        "health", "logs", "ssh", "terminate"]
+                                                        "health", "logs", "ssh", "deploy", "setenv", "terminate"]
     result = eb_parse(eb_venv, lines)
     assert result.returncode == 0, result.stdout + result.stderr
     # The check itself catches a misspelt option and an unknown command.

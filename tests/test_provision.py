@@ -8,6 +8,7 @@ Its policies go through parliament.
 """
 
 import datetime
+import fnmatch
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import yaml
 from moto import mock_aws
 
 import localdb
-from conftest import ROOT, load_script, readme_lines
+from conftest import ROOT, load_script, readme_blocks, readme_lines
 
 REGION = "eu-west-1"
 # Not moto's default 123456789012: that is AWS's documentation example, which scripts/bundle
@@ -518,19 +519,154 @@ def test_databases_sharing_a_role_keep_each_others_grants(aws, capsys):
     assert run(capsys, "--auth", "iam", target=("--db-instance", "otherdb"))[0] == 0
     assert sorted(aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"]) == [
         "app-database-access-appdb", "app-database-access-otherdb"]
-    code, out, _ = run(capsys, "--auth", "password")
+    assert run(capsys, "--auth", "password")[0] == 0  # keeps appdb's grant for the version running
+    code, out, _ = run(capsys, "--auth", "password", "--drop-previous")
     assert code == 0 and "remove inline policy app-database-access-appdb" in out
     assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == ["app-database-access-otherdb"]
     assert "dbuser:" in json.dumps(policy(aws, "app-database-access-otherdb"))
 
 
-def test_switching_to_password_mode_removes_the_grant(aws, capsys):
+def test_a_switch_keeps_the_previous_grant_until_drop_previous(aws, capsys):
+    """Another --db-user or --auth keeps what the policy granted before, under Sids of its own
+    (unique within a policy, letters and digits: https://docs.aws.amazon.com/IAM/latest/
+    UserGuide/reference_policies_elements_sid.html); --drop-previous removes only that."""
     assert run(capsys, "--auth", "iam", "--create-role")[0] == 0
+    [first] = policy(aws)["Statement"]
+    out = twice(aws, capsys, "--auth", "iam", "--db-user", "app2")
+    assert f"keeps what it granted before (rds-db:connect on {first['Resource']}) beside the new grant" in out
+    second, kept = policy(aws)["Statement"]
+    assert second["Resource"].endswith("/app2") and kept == {**first, "Sid": "Previous1ConnectAsTheAppUser"}
+
+    # A mistyped user: the drop would remove the grant the environment may run with now.
+    code, _, err = run(capsys, "--auth", "iam", "--db-user", "app3", "--drop-previous")
+    assert code == 2 and f"also grants rds-db:connect on {second['Resource']}, which these arguments do not" in err
+    assert policy(aws)["Statement"] == [second, kept]
+
+    # A second switch before the drop keeps both earlier grants.
     code, out, _ = run(capsys, "--auth", "password")
-    assert code == 0
-    assert "remove inline policy app-database-access-appdb" in out
+    assert code == 0 and "'RDS_PASSWORD=<password>'" in out
+    assert policy(aws)["Statement"] == [{**second, "Sid": "Previous1ConnectAsTheAppUser"},
+                                        {**first, "Sid": "Previous2ConnectAsTheAppUser"}]
+    assert parliament_findings(policy(aws)) == ""
+    code, out, _ = run(capsys, "--auth", "password", "--drop-previous")
+    assert code == 0 and "remove inline policy app-database-access-appdb" in out
     assert aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"] == []
-    assert "'RDS_PASSWORD=<password>'" in out
+
+
+# -- switching credential modes as README "Choosing" says, with 04's policy deployed ----------
+ENVIRONMENT = "flask-rds-prod"
+# "- to `iam`: `--auth iam --db-user app_iam` (...), then `eb setenv DB_AUTH=iam ...`;"
+SWITCH_TO = re.compile(r"^- to `(\w+)`[^`]*: `(--auth [^`]+)`.*?then\s+`(eb setenv [^`]+)`",
+                       re.MULTILINE | re.DOTALL)
+NONE_ARN = re.compile(r"[:/]none([-/]|$)")  # what 04 names for what the mode does not use
+
+
+def readme_switching() -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """The README's switching steps (iam to secretsmanager), and each mode's arguments and eb setenv."""
+    [block] = [b for b in readme_blocks("sh") if "--drop-previous" in b]
+    text = (ROOT / "README.md").read_text()
+    modes = {m[1]: (m[2], " ".join(m[3].split())) for m in SWITCH_TO.finditer(text)}
+    assert sorted(modes) == ["iam", "password", "secretsmanager"]
+    return block.strip().splitlines(), modes
+
+
+def deploy(aws, project, monkeypatch):
+    """What `eb deploy` does to the instance role: the environment's stack puts 04's policy as the
+    new 02 resolves it (AWS::IAM::Policy "adds or updates an inline policy": https://docs.aws.amazon.com/
+    AWSCloudFormation/latest/TemplateReference/aws-resource-iam-policy.html)."""
+    for name, value in (("AWS::Region", REGION), ("AWS::AccountId", ACCOUNT),
+                        ("AWSEBEnvironmentName", ENVIRONMENT)):
+        monkeypatch.setitem(rehearsal.PSEUDO, name, value)
+    options, resources, _ = rehearsal.load_ebextensions(project)
+    name, resource = resources["DatabaseAccessPolicy"]
+    properties = rehearsal.resolve(resource, options["aws:elasticbeanstalk:customoption"], name,
+                                   literal_getatt=True)["Properties"]
+    aws["iam"].put_role_policy(RoleName=properties["Roles"][0], PolicyName=properties["PolicyName"],
+                               PolicyDocument=json.dumps(properties["PolicyDocument"]))
+
+
+def granted(aws) -> set[tuple[str, str]]:
+    """(action, resource) of every Allow on the role's inline policies, but 04's `none` ARNs. A role
+    may do what any one of its policies allows (https://docs.aws.amazon.com/IAM/latest/UserGuide/
+    reference_policies_evaluation-logic_policy-eval-basics.html); these have no Deny."""
+    pairs = set()
+    for name in aws["iam"].list_role_policies(RoleName=ROLE)["PolicyNames"]:
+        for statement in policy(aws, name)["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions, resources = statement["Action"], statement["Resource"]
+            pairs |= {(a, r) for a in ([actions] if isinstance(actions, str) else actions)
+                      for r in ([resources] if isinstance(resources, str) else resources)
+                      if not NONE_ARN.search(r)}
+    return pairs
+
+
+def needs(aws, env: dict[str, str]) -> set[tuple[str, str]]:
+    """What the app asks AWS for with these properties: a token for its IAM user (rds-db:connect on
+    the dbuser ARN: https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.
+    IAMPolicy.html) or its secret; with a password, nothing."""
+    if env["DB_AUTH"] == "iam":
+        user = f"{aws['resource_id']}/{env['RDS_USERNAME']}"
+        return {("rds-db:connect", f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:{user}")}
+    if env["DB_AUTH"] == "secretsmanager":
+        return {("secretsmanager:GetSecretValue", env["DB_SECRET_ID"])}
+    return set()
+
+
+def has(aws, wanted: set[tuple[str, str]]) -> bool:
+    pairs = granted(aws)
+    return all(any(a == action and fnmatch.fnmatchcase(resource, r) for a, r in pairs) for action, resource in wanted)
+
+
+def walk_switch(aws, capsys, monkeypatch, tmp_path, start: str, to: str) -> None:
+    """From an environment deployed in mode `start`, the README's switching steps to mode `to`.
+    After each one, the mode the environment runs with is granted, and so is the one `eb setenv`
+    back returns to until --drop-previous; at the end, the new mode only."""
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / ".ebextensions", project / ".ebextensions")
+    options = f"{project}/.ebextensions/02-database-options.config"
+    args = ("--auth", "iam") if start == "iam" else ("--auth", "secretsmanager", "--create-secret")
+    assert run(capsys, *args, "--create-role", "--write-options", options)[0] == 0
+    deploy(aws, project, monkeypatch)
+    env = ({"DB_AUTH": "iam", "RDS_USERNAME": "app"} if start == "iam" else
+           {"DB_AUTH": "secretsmanager", "DB_SECRET_ID": aws["sm"].describe_secret(SecretId="appdb/app")["ARN"]})
+    assert has(aws, needs(aws, env)) and needs(aws, env)
+
+    lines, modes = readme_switching()
+    example, arguments = modes["secretsmanager"][0], modes[to][0]
+    switch, bundle_line, eb_deploy, setenv, drop = lines
+    assert example in switch and drop == switch.split(" --write-options")[0] + " --drop-previous"
+    assert bundle_line == readme_lines("scripts/bundle")[1] and eb_deploy == "eb deploy"
+    assert re.sub(r"DB_SECRET_ID=\S+", "DB_SECRET_ID=<arn>", setenv) == modes["secretsmanager"][1]
+    back = dict(env)
+    for step in lines:
+        if step.startswith(".venv/bin/python scripts/provision"):
+            args = shlex.split(step.replace(example, arguments).replace(".ebextensions/", f"{project}/.ebextensions/"))
+            code, out, err = run(capsys, *args[2:], target=())
+            assert code == 0, out + err
+            if step == switch:
+                said = out
+        elif step == eb_deploy:
+            deploy(aws, project, monkeypatch)
+        elif step == setenv:
+            for pair in shlex.split(setenv if to == "secretsmanager" else modes[to][1])[2:]:
+                name, _, value = pair.partition("=")
+                if name == "DB_SECRET_ID" and value:  # the ARN provision printed
+                    value = aws["sm"].describe_secret(SecretId="appdb/app")["ARN"]
+                env = {**{k: v for k, v in env.items() if k != name}, **({name: value} if value else {})}
+        assert has(aws, needs(aws, env)), (step, env, granted(aws))
+        if step != drop:
+            assert has(aws, needs(aws, back)), (step, back, granted(aws))
+    assert env["DB_AUTH"] == to and granted(aws) == needs(aws, env)
+    assert "keeps what it granted before" in said and "--drop-previous" in said, said
+
+
+def test_switching_from_iam_to_secretsmanager_as_the_readme_says(aws, capsys, monkeypatch, tmp_path):
+    walk_switch(aws, capsys, monkeypatch, tmp_path, "iam", "secretsmanager")
+
+
+@pytest.mark.parametrize("to", ["iam", "password"])
+def test_switching_from_secretsmanager_as_the_readme_says(aws, capsys, monkeypatch, tmp_path, to):
+    walk_switch(aws, capsys, monkeypatch, tmp_path, "secretsmanager", to)
 
 
 def test_https_listener_file_for_an_issued_certificate(aws, capsys, tmp_path):
@@ -660,7 +796,9 @@ def readme_bundle(project, line):
 def test_eb_deploys_only_a_bundle_with_provisioned_options(aws, capsys, tmp_path, eb_venv):
     """`eb create`/`eb deploy` upload `deploy: artifact:` when set (ebcli/operations/commonops.py,
     create_app_version): scripts/bundle sets it, and builds nothing from placeholders."""
-    first, later = readme_lines("scripts/bundle")  # before eb create, and before each eb deploy
+    # Before eb create, and before each eb deploy (the switching steps' is the same line).
+    first, later, *switching = readme_lines("scripts/bundle")
+    assert switching == [later]
     project = copy_project(tmp_path)
     refused = readme_bundle(project, later)
     assert refused.returncode == 1
@@ -686,7 +824,9 @@ def test_readme_provision_commands(aws, capsys, tmp_path):
     # The walkthrough's database has an RDS-managed master password (--bootstrap-user needs one).
     aws["rds"].modify_db_instance(DBInstanceIdentifier="appdb", ManageMasterUserPassword=True,
                                   ApplyImmediately=True)
-    lines = [line for line in readme_lines("scripts/provision --db-instance") if "--destroy" not in line]
+    # The walkthrough's (the switching steps, with --db-user, are walked by walk_switch).
+    lines = [line for line in readme_lines("scripts/provision --db-instance")
+             if "--destroy" not in line and "--db-user" not in line]
     assert len(lines) == 3 and lines[0].endswith("--dry-run")
     outputs = []
     for line in lines:
