@@ -8,9 +8,9 @@ instance, is safe. Statements in a file end with `;` at the end of a line.
 Each migration must stay compatible with the code version still serving while a deploy
 rolls out (add columns and tables; drop only in a later release).
 
-A failure is one line on stderr naming the cause and what to check, and a non-zero exit
-status (2: the settings are invalid; 1: the database or a migration failed): it is read in
-Beanstalk's deployment log, where a traceback hides the one line that matters.
+A failure is one line on stderr naming the cause and what to check, exit status 1 (the
+database or a migration failed), or the settings' message, a line per bad variable, exit
+status 2: it is read in Beanstalk's deployment log, where a traceback hides what matters.
 """
 
 from __future__ import annotations
