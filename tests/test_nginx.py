@@ -5,11 +5,14 @@ The http and server blocks below are those of the Amazon Linux 2023 platform's n
 00_application.conf is the platform's `location /` for the app's port.
 """
 
+import contextlib
 import gzip
 import json
 import os
 import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 import requests
@@ -114,23 +117,41 @@ def test_api_location_proxies_to_the_port_the_environment_sets():
     assert re.findall(r"proxy_pass\s+http://127\.0\.0\.1:(\d+);", OUR_CONF.read_text()) == [port]
 
 
-@pytest.fixture
-def proxied(db_env, start_gunicorn, tmp_path):
+@contextlib.contextmanager
+def nginx_in_front_of(app_port: int, work, ready_path: str | None = "/health", edit=lambda conf: conf):
+    """nginx with our file in front of app_port; `edit` may change 01_api.conf's text first."""
     nginx = nginx_binary()
-    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
-    app_port = int(server.url.rsplit(":", 1)[1])
     port = localdb.free_port()
-    config = write_config(tmp_path, port, app_port)
-    log = tmp_path / "nginx.out"
+    config = write_config(work, port, app_port)
+    ours = work / "conf.d/elasticbeanstalk/01_api.conf"
+    ours.write_text(edit(ours.read_text()))
+    log = work / "nginx.out"
     with open(log, "wb") as out:
         proc = subprocess.Popen([nginx, "-c", str(config), "-g", "daemon off;"], stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        localdb.wait_until_healthy(base + "/health", 10, process=proc, output=log)
+        if ready_path:
+            localdb.wait_until_healthy(base + ready_path, 10, process=proc, output=log)
+        else:  # no app behind it: wait until nginx itself accepts
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                    time.sleep(0.05)
         yield base
     finally:
         localdb.stop_process(proc, 10)
+
+
+@pytest.fixture
+def proxied(db_env, start_gunicorn, tmp_path):
+    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
+    with nginx_in_front_of(int(server.url.rsplit(":", 1)[1]), tmp_path) as base:
+        yield base
 
 
 def test_api_json_is_gzipped_through_nginx(proxied):
@@ -303,3 +324,29 @@ def test_requests_nginx_cannot_parse_get_json_400(proxied):
     # The app's own 400s pass through as the app wrote them.
     assert from_app(raw(proxied, b"GET /api/users?limit=x HTTP/1.1\r\nHost: x\r\nConnection: close"
                                  b"\r\n\r\n"))["code"] == "invalid_parameter"
+
+
+def test_what_nginx_refuses_itself_is_json_too(proxied):
+    request = b" /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    from_nginx(raw(proxied, b"TRACE" + request), 405, "method_not_allowed")
+    from_nginx(raw(proxied, b"POST /api/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: rot13\r\n"
+                            b"Connection: close\r\n\r\n{}"), 501, "not_implemented")
+    from_nginx(raw(proxied, b"GET /api/users HTTP/2.0\r\nHost: x\r\nConnection: close\r\n\r\n"),
+               505, "http_version_not_supported")
+
+
+def test_an_app_that_does_not_answer_gets_json_502_and_504_from_nginx(tmp_path):
+    """gunicorn down (a deploy restarting it): 502 with Retry-After; gunicorn accepting but not
+    answering within proxy_read_timeout (1 s here instead of 55 s): 504."""
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        closed_port = localdb.free_port()
+        with nginx_in_front_of(closed_port, tmp_path / "down", ready_path=None) as base:
+            status, headers, body = raw(base, b"GET /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            from_nginx((status, headers, body), 502, "app_unavailable")
+            assert headers["retry-after"] == "5"
+        shorter = lambda conf: conf.replace("proxy_read_timeout 55s;", "proxy_read_timeout 1s;")
+        with nginx_in_front_of(silent.getsockname()[1], tmp_path / "slow", ready_path=None, edit=shorter) as base:
+            from_nginx(raw(base, b"GET /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                       504, "app_timeout")
