@@ -105,14 +105,11 @@ class KeyDigests:
                 self._from_secret = self._fetch()
             except ValueError as err:
                 raise ConfigError(f"API_KEYS_SECRET_ID: {err}") from None
-            except Exception as err:
-                code = credentials.aws_error(err)
-                if code is None:
-                    raise
-                raise ConfigError(
-                    f"API_KEYS_SECRET_ID: cannot read secret {secret_id} ({code}); check the name and "
-                    "region, and that the instance role may call secretsmanager:GetSecretValue on it "
-                    "(ApiKeysSecretName in .ebextensions/01-environment.config)") from None
+            except credentials.CredentialsUnavailable as err:
+                # The message names the fix for this failure (a policy, the name, the network).
+                hint = (" The instance role may read the secret that ApiKeysSecretName in "
+                        ".ebextensions/01-environment.config names (04)." if err.permanent else "")
+                raise ConfigError(f"{err}{hint}") from None
             self._next_read = self.clock() + ttl
 
     def _fetch(self) -> tuple[str, ...]:

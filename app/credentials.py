@@ -167,7 +167,8 @@ class SecretsManagerPassword:
                 raise
             if stage == "AWSPENDING" and code == "ResourceNotFoundException":
                 return None  # no rotation under way
-            raise _secret_failure(err, code, self.secret_id, self._client.meta.region_name) from None
+            raise _secret_failure(err, code, self.secret_id, self._client.meta.region_name,
+                                  "DB_SECRET_ID") from None
         try:
             value = json.loads(response["SecretString"])
         except (KeyError, TypeError, ValueError):
@@ -248,9 +249,10 @@ class SecretsManagerPassword:
                         self._cached = value
 
 
-def _secret_failure(err: BaseException, code: str, secret_id: str,
-                    region: str | None) -> CredentialsUnavailable:
-    """What a failed GetSecretValue means, with the fix, in one line (AWS messages hold no secret)."""
+def _secret_failure(err: BaseException, code: str, secret_id: str, region: str | None,
+                    variable: str) -> CredentialsUnavailable:
+    """What a failed GetSecretValue of the secret `variable` names means, with the fix, in one
+    line (AWS messages hold no secret)."""
     from botocore.exceptions import ClientError, HTTPClientError
     from botocore.exceptions import ConnectionError as AwsConnectionError
 
@@ -265,14 +267,14 @@ def _secret_failure(err: BaseException, code: str, secret_id: str,
         "AccessDeniedException": "allow secretsmanager:GetSecretValue on this secret's ARN in the "
                                  "instance profile role's policy (and kms:Decrypt on the secret's "
                                  "KMS key if it is a customer managed key)",
-        "ResourceNotFoundException": f"check that DB_SECRET_ID is the secret's exact name or ARN and "
+        "ResourceNotFoundException": f"check that {variable} is the secret's exact name or ARN and "
                                      f"that the secret exists in {region} (AWS_REGION, or the "
                                      "region in the ARN)",
         "DecryptionFailure": "allow kms:Decrypt on the secret's KMS key in the instance profile "
                              "role's policy",
         "InvalidRequestException": "the secret is scheduled for deletion or otherwise unusable: "
                                    "restore it (aws secretsmanager restore-secret) or point "
-                                   "DB_SECRET_ID at another",
+                                   f"{variable} at another",
         "NoCredentialsError": "attach an instance profile with a role to the instances (or give "
                               "the process AWS credentials)",
     }
@@ -284,10 +286,10 @@ def _secret_failure(err: BaseException, code: str, secret_id: str,
     elif status == 403 and code not in fixes:
         fix = fixes["AccessDeniedException"]
     else:
-        fix = fixes.get(code, "check DB_SECRET_ID and the instance profile role's access to it")
+        fix = fixes.get(code, f"check {variable} and the instance profile role's access to it")
     cause = f"{code}: {detail}" if detail else code
     return CredentialsUnavailable(
-        f"DB_SECRET_ID: cannot read secret {secret_id} ({cause}); {fix}.",
+        f"{variable}: cannot read secret {secret_id} ({cause}); {fix}.",
         reason="secret_unreadable", permanent=not transient, code=code)
 
 
@@ -471,7 +473,8 @@ def secret_reader(secret_id: str, region: str | None, variable: str) -> Callable
 
     For the API keys' digests (app/auth.py caches and parses them). The secret's own region
     wins when `secret_id` is an ARN. Short timeouts: a request that refreshes the cache must
-    not hang for botocore's default minute when Secrets Manager is slow.
+    not hang for botocore's default minute when Secrets Manager is slow. A failed call raises
+    CredentialsUnavailable, whose message names `variable` and the fix for that failure.
     """
     match = _ARN_REGION.search(secret_id)
     region = match[1] if match else region
@@ -484,6 +487,13 @@ def secret_reader(secret_id: str, region: str | None, variable: str) -> Callable
     client = _client("secretsmanager", region, timeout=5, attempts=1)
 
     def read() -> str | None:
-        return client.get_secret_value(SecretId=secret_id).get("SecretString")  # None: a binary secret
+        try:
+            response = client.get_secret_value(SecretId=secret_id)
+        except Exception as err:  # noqa: BLE001 - botocore's errors, sorted by aws_error
+            code = aws_error(err)
+            if code is None:
+                raise
+            raise _secret_failure(err, code, secret_id, region, variable) from None
+        return response.get("SecretString")  # None: a binary secret
 
     return read

@@ -244,7 +244,9 @@ def test_startup_names_what_is_wrong_with_the_secret(make_app, aws, db_env):
         config_error(make_app, **env)
     env["AWS_REGION"] = "eu-west-1"
     message = config_error(make_app, **env)
-    assert "API_KEYS_SECRET_ID: cannot read secret app/api-keys (ResourceNotFoundException)" in message
+    assert "API_KEYS_SECRET_ID: cannot read secret app/api-keys (ResourceNotFoundException" in message
+    assert "check that API_KEYS_SECRET_ID is the secret's exact name or ARN" in message
+    assert "exists in eu-west-1" in message and "ApiKeysSecretName" in message
     key = secrets.token_urlsafe(32)
     aws.create_secret(Name="app/api-keys", SecretString=json.dumps([digest(key)]))
     assert 'is not a JSON object with a list \'api_key_sha256\'' in config_error(make_app, **env)
@@ -256,6 +258,20 @@ def test_startup_names_what_is_wrong_with_the_secret(make_app, aws, db_env):
     assert "is not a JSON object with a list" in config_error(make_app, **env)
     aws.put_secret_value(SecretId="app/api-keys", SecretString=secret([]))
     assert "lists no digest and API_KEY_SHA256 is not set" in config_error(make_app, **env)
+
+
+def test_an_unreachable_secrets_manager_at_startup_names_the_network_not_the_policy(make_app, monkeypatch):
+    """Each failure is told with its own fix, in the words DB_SECRET_ID's would use."""
+    import localdb
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{localdb.free_port()}"}.items():
+        monkeypatch.setenv(name, value)
+    message = config_error(make_app, API_AUTH="all", API_KEYS_SECRET_ID="app/api-keys",
+                           AWS_REGION="eu-west-1")
+    assert message.startswith("API_KEYS_SECRET_ID: cannot read secret app/api-keys (EndpointConnectionError")
+    assert "can reach Secrets Manager in eu-west-1 (a NAT gateway or a secretsmanager VPC endpoint)" in message
+    assert "GetSecretValue" not in message and "ApiKeysSecretName" not in message
 
 
 # -- the real server and the README's key command ----------------------------------------------
