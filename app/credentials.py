@@ -341,21 +341,23 @@ class IamAuthToken:
 
 
 def region_for(settings: Settings, environ_region: str | None) -> str:
-    """The secret's region when DB_SECRET_ID is an ARN, else AWS_REGION, else the endpoint's.
+    """The secret's region when DB_SECRET_ID is an ARN, the database's when DB_AUTH=iam and
+    RDS_HOSTNAME is an RDS endpoint, else AWS_REGION, else the endpoint's.
 
-    A secret lives in the region its ARN names, whatever region the environment runs in.
-    botocore does not ask the instance metadata for a region (NoRegionError), so one of
-    these must name it; Beanstalk sets AWS_REGION from 01-environment.config.
+    A secret lives in the region its ARN names, and RDS checks an IAM token against the region
+    its endpoint names, whatever region the environment runs in. botocore does not ask the
+    instance metadata for a region (NoRegionError), so one of these must name it; Beanstalk
+    sets AWS_REGION from 01-environment.config.
     """
     if settings.auth is AuthMode.SECRETS_MANAGER:
         match = _ARN_REGION.search(settings.secret_id or "")
         if match:
             return match[1]
+    endpoint = _RDS_REGION.search(settings.host or "")
+    if endpoint and (settings.auth is AuthMode.IAM or not environ_region):
+        return endpoint[1]
     if environ_region:
         return environ_region
-    match = _RDS_REGION.search(settings.host or "")
-    if match:
-        return match[1]
     if settings.auth is AuthMode.SECRETS_MANAGER:
         raise ConfigError(f"AWS_REGION: is required (got not set) when DB_AUTH=secretsmanager and "
                           f"DB_SECRET_ID ({settings.secret_id}) is a name, not an ARN; set AWS_REGION "

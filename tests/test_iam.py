@@ -218,3 +218,30 @@ def test_connections_after_the_token_lifetime_get_a_new_token(iam_env, iam_serve
     assert lease.query("SELECT CURRENT_USER() AS u")[0]["u"].startswith(IAM_USER)
     lease.release()
     assert pool.stats()["opened"] == 2
+
+
+def test_a_token_is_signed_for_the_region_its_rds_endpoint_names(monkeypatch, tmp_path):
+    """RDS checks a token against its own region. An endpoint *.<region>.rds.amazonaws.com names
+    it: that region wins over AWS_REGION (an environment in another region, a shell's
+    AWS_DEFAULT_REGION), whose token the database would refuse as 1045, naming nothing."""
+    import subprocess
+
+    host = "appdb.abcdefghijkl.us-east-1.rds.amazonaws.com"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    localdb.make_ca(tmp_path, "ca")
+    settings = load_settings({"DB_AUTH": "iam", "RDS_HOSTNAME": host, "RDS_DB_NAME": "ebdb",
+                              "RDS_USERNAME": IAM_USER, "AWS_REGION": "eu-west-1",
+                              "DB_SSL_CA": str(tmp_path / "ca.pem")})
+    token = provider_for(settings).token()
+    # The same check as the IAM test server's, as RDS in us-east-1 makes it.
+    config = {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "region": "us-east-1",
+              "endpoint": f"{host}:3306", "log": str(tmp_path / "checker.log"),
+              "clock_offset_file": str(tmp_path / "clock_offset")}
+    (tmp_path / "checker.json").write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, str(Path(__file__).with_name("pam_iam_checker.py")),
+                             str(tmp_path / "checker.json")], input=token.encode(),
+                            env={**os.environ, "PAM_USER": IAM_USER}, timeout=30)
+    assert result.returncode == 0, (tmp_path / "checker.log").read_text()
