@@ -88,7 +88,8 @@ class PoolMetrics:
 
 class MetricsEmitter:
     """A daemon thread that writes one EMF line every `interval` seconds, and at stop a last one
-    with the counters of the unfinished interval (if it wrote any before).
+    with the counters of the unfinished interval (if it wrote any before). A line that fails is
+    skipped with a warning, not the thread's end: the next interval writes again.
 
     Started in the process that owns the pool (a gunicorn worker, after fork), never in the
     master: the pool, and so the emitter, is made on first use. Stopped at interpreter exit,
@@ -131,17 +132,22 @@ class MetricsEmitter:
         return True
 
     def _run(self) -> None:
-        wrote = False
-        try:
-            while not self._stop.wait(self.interval):
+        wrote = failing = False
+        while True:
+            stopping = self._stop.wait(self.interval)
+            if stopping and not wrote:  # a process shorter than one interval (a CLI command)
+                return
+            try:
                 if not self.emit():
                     return
-                wrote = True
-            if wrote:  # a process shorter than one interval (a CLI command) prints nothing
-                self.emit()
-        except Exception as err:  # noqa: BLE001 - metrics must never take a worker down
-            log.warning("pool metrics stopped: %s", type(err).__name__,
-                        extra={"event": "pool_metrics_failed"})
+                wrote, failing = True, False
+            except Exception as err:  # noqa: BLE001 - metrics must never take a worker down
+                if not failing:  # one warning per run of failures; each interval tries again
+                    log.warning("pool metrics failed: %s; trying again every interval",
+                                type(err).__name__, extra={"event": "pool_metrics_failed"})
+                failing = True
+            if stopping:
+                return
 
 
 def start_emitter(pool: ConnectionPool, *, interval: float, namespace: str,

@@ -166,6 +166,28 @@ def test_the_thread_writes_every_interval_and_a_last_line_when_stopped(db_env):
     assert sum(parse_emf(line)["DatabaseConnectionBorrows"] for line in lines_of(out)) == 1
 
 
+def test_a_failed_line_does_not_stop_the_thread(db_env, caplog):
+    """A write that fails once (stdout's pipe, say) costs that line, not the worker's metrics."""
+
+    class FailingOnce(io.StringIO):
+        failed = False
+
+        def write(self, text):
+            if not FailingOnce.failed:
+                FailingOnce.failed = True
+                raise OSError("resource temporarily unavailable")
+            return super().write(text)
+
+    out = FailingOnce()
+    emitter = emitter_for(make_pool(db_env), out, interval=0.05).start()
+    deadline = time.monotonic() + 10
+    while len(lines_of(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    emitter.stop()
+    assert FailingOnce.failed and len(lines_of(out)) >= 2
+    assert [r.event for r in caplog.records if r.name == "app.metrics"] == ["pool_metrics_failed"]
+
+
 def test_the_database_starts_one_emitter_per_pool_and_none_when_off(db_env, capsys):
     settings = load_settings({**db_env, "METRICS_INTERVAL": "0"})
     off = Database(settings, StaticPassword(settings.user, settings.password.get_secret_value()))
