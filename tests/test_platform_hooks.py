@@ -109,11 +109,15 @@ def test_prebuild_rejects_a_bundle_with_a_foreign_certificate(run_hook, pki, tmp
     assert target.read_text() == pki["bundle"].read_text()  # untouched
 
 
-@pytest.mark.parametrize("mode, code", [("verify-identity", 1), ("verify-ca", 1), ("required", 0)])
-def test_prebuild_without_any_bundle_fails_only_when_verification_needs_one(run_hook, tmp_path, mode, code):
+@pytest.mark.parametrize("mode, auth, code", [
+    ("verify-identity", None, 1), ("verify-ca", None, 1), ("required", None, 0),
+    (None, "iam", 1), (None, None, 0)])  # unset: the app's default, verify-identity for iam
+def test_prebuild_without_any_bundle_fails_only_when_verification_needs_one(run_hook, tmp_path, mode, auth, code):
     target = tmp_path / "rds.pem"
-    result = run_hook(PREBUILD, {"DB_SSL_CA": str(target), "DB_SSL_MODE": mode},
+    properties = {"DB_SSL_CA": str(target), "DB_SSL_MODE": mode, "DB_AUTH": auth}
+    result = run_hook(PREBUILD, {k: v for k, v in properties.items() if v is not None},
                       RDS_CA_BUNDLE_URL=f"file://{tmp_path}/missing.pem")
+    mode = mode or ("verify-identity" if auth == "iam" else "required")
     assert result.returncode == code, result.stderr
     assert not target.exists()
     if code:

@@ -23,7 +23,9 @@ property() {  # an environment property, or $2 when it is not set
 }
 
 target=$(property DB_SSL_CA /etc/pki/tls/certs/rds-global-bundle.pem)
-mode=$(property DB_SSL_MODE required)
+# Unset, DB_SSL_MODE defaults as in the app (app/config.py): verify-identity for DB_AUTH=iam.
+if [ "$(property DB_AUTH password)" = iam ]; then default_mode=verify-identity; else default_mode=required; fi
+mode=$(property DB_SSL_MODE "$default_mode")
 trust=$(property DB_SSL_TRUST rds)
 log() { echo "rds-ca-bundle: $*" >&2; }
 verifying() { [ "$mode" = "verify-ca" ] || [ "$mode" = "verify-identity" ]; }
