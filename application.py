@@ -3,17 +3,30 @@
 A configuration error is printed as its message alone and the process exits with
 gunicorn's APP_LOAD_ERROR status: gunicorn then stops with "App failed to load" instead of
 printing a traceback for every worker it boots. The message names what to fix.
+
+Not so when the configuration's source failed for now (Secrets Manager throttling or out of
+reach while a worker boots, a deploy's or a respawn's): APP_LOAD_ERROR from one worker would
+stop the master and every healthy worker with it. That worker exits with an ordinary status
+after a pause instead, and gunicorn starts another, which asks again.
 """
 
 import sys
+import time
 
 from app import create_app
 from app.config import ConfigError
 
 APP_LOAD_ERROR = 4  # gunicorn.arbiter.Arbiter.APP_LOAD_ERROR: the master halts, no respawn loop
+TRY_AGAIN = 1  # any status but 3 (WORKER_BOOT_ERROR) and 4: the master starts a new worker
+TRY_AGAIN_PAUSE = 2  # seconds: a failing source is asked every few seconds, not in a tight loop
 
 try:
     application = create_app()
 except ConfigError as err:
+    if err.transient:
+        print(f"Configuration source unavailable: this worker exits in {TRY_AGAIN_PAUSE} s and "
+              f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
+        time.sleep(TRY_AGAIN_PAUSE)
+        raise SystemExit(TRY_AGAIN) from None
     print(f"Configuration error: the app cannot start.\n{err}", file=sys.stderr, flush=True)
     raise SystemExit(APP_LOAD_ERROR) from None

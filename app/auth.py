@@ -109,7 +109,7 @@ class KeyDigests:
                 # The message names the fix for this failure (a policy, the name, the network).
                 hint = (" The instance role may read the secret that ApiKeysSecretName in "
                         ".ebextensions/01-environment.config names (04)." if err.permanent else "")
-                raise ConfigError(f"{err}{hint}") from None
+                raise ConfigError(f"{err}{hint}", transient=not err.permanent) from None
             self._next_read = self.clock() + ttl
 
     def _fetch(self) -> tuple[str, ...]:

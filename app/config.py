@@ -28,7 +28,15 @@ from pydantic import (
 
 
 class ConfigError(Exception):
-    """The environment does not describe a usable configuration; the message says how to fix it."""
+    """The environment does not describe a usable configuration; the message says how to fix it.
+
+    `transient`: the configuration may well be right, but a source it names failed for now
+    (Secrets Manager throttling, unreachable, failing): a later start may succeed.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class AuthMode(str, enum.Enum):

@@ -448,7 +448,7 @@ def complete_settings(settings: Settings, provider: CredentialProvider) -> Setti
     try:
         secret = provider.secret()
     except CredentialsUnavailable as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(str(err), transient=not err.permanent) from None
     # (field, the secret's key, used when): the environment wins, except for the user.
     found = {field: (key, secret[key]) for field, key, use in (
         ("host", "host", not settings.host),

@@ -267,8 +267,10 @@ def test_an_unreachable_secrets_manager_at_startup_names_the_network_not_the_pol
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{localdb.free_port()}"}.items():
         monkeypatch.setenv(name, value)
-    message = config_error(make_app, API_AUTH="all", API_KEYS_SECRET_ID="app/api-keys",
-                           AWS_REGION="eu-west-1")
+    with pytest.raises(ConfigError) as caught:
+        make_app(API_AUTH="all", API_KEYS_SECRET_ID="app/api-keys", AWS_REGION="eu-west-1")
+    message = str(caught.value)
+    assert caught.value.transient  # application.py: this worker is started again, gunicorn goes on
     assert message.startswith("API_KEYS_SECRET_ID: cannot read secret app/api-keys (EndpointConnectionError")
     assert "can reach Secrets Manager in eu-west-1 (a NAT gateway or a secretsmanager VPC endpoint)" in message
     assert "GetSecretValue" not in message and "ApiKeysSecretName" not in message

@@ -70,6 +70,7 @@ def test_a_missing_secret_stops_startup_with_the_fix(aws):
     message = str(err.value)
     assert message.startswith(f"DB_SECRET_ID: cannot read secret {arn} (ResourceNotFoundException")
     assert "exists in eu-west-1" in message and "\n" not in message
+    assert not err.value.transient  # application.py: gunicorn stops, "App failed to load"
 
 
 def test_a_denied_secret_stops_startup_with_the_policy_to_add(aws, secret, db_user):
@@ -106,6 +107,7 @@ def test_an_unreachable_secrets_manager_stops_startup_with_the_fix(monkeypatch):
         create_app(app_env("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-AbCdEf"))
     assert "(EndpointConnectionError" in str(err.value)
     assert "can reach Secrets Manager in eu-west-1" in str(err.value)
+    assert err.value.transient  # application.py: this worker is started again, gunicorn goes on
 
 
 # -- during a request: a 503 with Retry-After and a log event, never a 500 ----------------
@@ -224,6 +226,52 @@ def test_a_missing_secret_under_gunicorn_and_migrate_is_one_message(monkeypatch)
             assert "Traceback" not in output and "botocore" not in output
     finally:
         server.stop()
+
+
+def test_secrets_manager_out_of_reach_while_a_worker_boots_does_not_stop_gunicorn(db_user, tmp_path):
+    """A transient failure (here: nothing listens where Secrets Manager should) stops only the
+    booting worker, which gunicorn starts again; once the secret can be read, the app serves.
+    APP_LOAD_ERROR would halt the master, and with it every healthy worker of the instance."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    from conftest import ROOT, procfile_command
+
+    moto_port, port = localdb.free_port(), localdb.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_"))}
+    env.update(app_env("app/db"), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_ENDPOINT_URL_SECRETS_MANAGER=f"http://127.0.0.1:{moto_port}",
+               WEB_CONCURRENCY="1", PORT=str(port),
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        gunicorn = subprocess.Popen(procfile_command(), cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    server = None
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Configuration source unavailable") < 2:  # one worker, then another
+            assert time.monotonic() < deadline and gunicorn.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert "DB_SECRET_ID: cannot read secret app/db (EndpointConnectionError" in log.read_text()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
+        server.start()
+        boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{moto_port}",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_secret(
+            Name="app/db", SecretString=secret_value(db_user, db_user["password"]))
+        localdb.wait_until_healthy(f"http://127.0.0.1:{port}/health", 30, process=gunicorn,
+                                   output=lambda: log.read_text())
+        assert requests.get(f"http://127.0.0.1:{port}/api/users", timeout=10).status_code == 200
+        assert "App failed to load" not in log.read_text() and "Traceback" not in log.read_text()
+    finally:
+        localdb.stop_process(gunicorn, 30)
+        if server is not None:
+            server.stop()
 
 
 def test_a_silent_secrets_manager_endpoint_fails_within_the_connect_timeout(tmp_path):
