@@ -26,7 +26,7 @@ def migrate_command() -> None:
     """Apply pending schema migrations (safe to run on several instances at once)."""
     database = current_app.extensions["database"]
     try:
-        conn = database.opener()
+        conn = migrations.connect(database.settings, database.opener.credentials)
         try:
             done = migrations.apply(conn)
         finally:

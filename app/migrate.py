@@ -126,6 +126,19 @@ def _flat(text) -> str:
     return " ".join(str(text).split())
 
 
+def connect(settings, credentials):
+    """A session for migrating: the app's credentials and TLS, without DB_READ_TIMEOUT.
+
+    That timeout is for requests. Here the wait for the lock is bounded by GET_LOCK's own
+    timeout, and a DDL statement on a large table may run for minutes: a client that gave up
+    would leave the server finishing a change the migration never records, and the next run
+    would fail on it (a duplicate column, say).
+    """
+    from app.db.connection import ConnectionOpener
+
+    return ConnectionOpener(settings.model_copy(update={"read_timeout": None}), credentials)()
+
+
 def latest_version() -> int:
     """The newest migration this code ships: the schema it needs."""
     return max((m.version for m in discover()), default=0)
@@ -176,7 +189,6 @@ def explain(err: Exception, settings, source: str | None = None) -> str:
 def main(environ=os.environ) -> int:
     from app.config import ConfigError, load_settings
     from app.credentials import aws_refusal, complete_settings, provider_for
-    from app.db.connection import ConnectionOpener
     from app.db.errors import DatabaseUnavailable
     from app.logs import configure_logging
 
@@ -188,7 +200,7 @@ def main(environ=os.environ) -> int:
         settings = load_settings(environ)
         credentials = provider_for(settings)
         settings = complete_settings(settings, credentials)
-        conn = ConnectionOpener(settings, credentials)()
+        conn = connect(settings, credentials)
         try:
             done = apply(conn)
         finally:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -82,6 +83,40 @@ def test_concurrent_processes_via_the_cli(make_database):
     assert [p.returncode for p in procs] == [0] * 4, outputs
     applied = [o[0] for o in outputs if "0001_create_users" in o[0]]
     assert len(applied) == 1
+    assert recorded(env) == RECORDED
+
+
+@pytest.mark.parametrize("command", [["-m", "app.migrate"],
+                                     ["-m", "flask", "--app", "application", "migrate"]])
+def test_waiting_for_the_lock_outlasts_db_read_timeout(make_database, command):
+    """DB_READ_TIMEOUT is for requests: a migration waits for the lock (and for a long DDL
+    statement) as long as the server works on it, not 1 s."""
+    env = {**make_database(migrated=False), "DB_READ_TIMEOUT": "1"}
+    holder = connect(env)
+    try:
+        cur = holder.cursor()
+        lock = f"schema_migrations:{env['RDS_DB_NAME']}"
+        cur.execute("SELECT GET_LOCK(%s, 0)", (lock,))
+        assert cur.fetchone() == (1,)
+        proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env={**os.environ, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = 0
+        for _ in range(100):  # until it waits for the lock, then twice DB_READ_TIMEOUT more
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                        "WHERE INFO LIKE 'SELECT GET_LOCK(%'")
+            (waiting,) = cur.fetchone()
+            if waiting or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert waiting == 1, proc.communicate(timeout=60)
+        time.sleep(2)
+        cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+        cur.fetchall()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["applied"] == SHIPPED
     assert recorded(env) == RECORDED
 
 
