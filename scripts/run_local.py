@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{shlex.join(map(str, err.cmd))} failed with exit code {err.returncode}")
         return 1
     finally:
+        # A second Ctrl-C while stopping would abandon the database server and its directory;
+        # stopping is bounded anyway (stop_process kills what does not stop in time).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         localdb.stop_process(gunicorn, 35)
         for stop in reversed(cleanup):
             stop()
