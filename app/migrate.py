@@ -73,7 +73,7 @@ def apply(conn, migrations: list[Migration] | None = None,
     lock = f"schema_migrations:{database}"[:64]
     cur.execute("SELECT GET_LOCK(%s, %s)", (lock, lock_timeout))
     if cur.fetchone()[0] != 1:
-        raise MigrationError(f"another instance held the migration lock for {lock_timeout}s")
+        raise MigrationError(_lock_held(cur, lock, lock_timeout))
     try:
         cur.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -110,6 +110,20 @@ def apply(conn, migrations: list[Migration] | None = None,
             cur.close()
         except mysql.connector.Error:
             pass  # the session broke: the server releases its named locks with it
+
+
+def _lock_held(cur, lock: str, lock_timeout: int) -> str:
+    """Who holds the lock, and the way out when it is a session whose client is gone: an
+    instance that vanished without closing it keeps its lock for hours, until the server
+    drops the session (TCP keepalive, or wait_timeout: 8 hours by default), and every
+    deploy fails meanwhile."""
+    cur.execute("SELECT IS_USED_LOCK(%s)", (lock,))
+    (holder,) = cur.fetchone()
+    message = f"another instance held the migration lock for {lock_timeout}s"
+    if holder is None:
+        return f"{message}; it is free now: run the migration again"
+    return (f"{message} (MySQL session {holder}): if no migration is running, that session "
+            f"outlived its instance: as the master user KILL {holder}, then run the migration again")
 
 
 def _failed(m: Migration, number: int, total: int, err: mysql.connector.Error) -> str:

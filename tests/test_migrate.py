@@ -120,6 +120,25 @@ def test_waiting_for_the_lock_outlasts_db_read_timeout(make_database, command):
     assert recorded(env) == RECORDED
 
 
+def test_a_held_lock_names_the_session_to_kill(make_database):
+    env = make_database(migrated=False)
+    holder, waiter = connect(env), connect(env)
+    try:
+        cur = holder.cursor()
+        cur.execute("SELECT GET_LOCK(%s, 0)", (f"schema_migrations:{env['RDS_DB_NAME']}",))
+        assert cur.fetchone() == (1,)
+        with pytest.raises(migrate.MigrationError) as held:
+            migrate.apply(waiter, lock_timeout=1)
+        assert str(held.value) == (
+            f"another instance held the migration lock for 1s (MySQL session "
+            f"{holder.connection_id}): if no migration is running, that session outlived its "
+            f"instance: as the master user KILL {holder.connection_id}, then run the migration again")
+    finally:
+        holder.close()
+        waiter.close()
+    assert "users" not in tables(env)
+
+
 def test_edited_migration_is_refused(make_database, tmp_path):
     env = make_database(migrated=True)
     edited = migrate.Migration(1, "create_users", "CREATE TABLE users (id INT);")
