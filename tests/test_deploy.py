@@ -75,11 +75,13 @@ def test_bundle_check_names_file_and_fix(bundle, tmp_path):
     with zipfile.ZipFile(broken, "a") as zf:
         zf.writestr("tests/test_x.py", "")
         zf.writestr(".env", "RDS_PASSWORD=x")
+        zf.writestr(".envrc", "export RDS_PASSWORD=x")
     result = run("bundle", "--check", str(broken))
     assert result.returncode == 1
     assert "application.py: missing at the bundle root" in result.stderr
     assert "tests/test_x.py: test code does not belong in the bundle; add it to .ebignore" in result.stderr
     assert ".env: an .env file does not belong in the bundle" in result.stderr
+    assert ".envrc: a direnv .envrc (often credentials) does not belong in the bundle" in result.stderr
 
 
 def test_git_records_hooks_as_executable():
