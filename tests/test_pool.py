@@ -175,7 +175,7 @@ def test_a_statement_past_the_read_timeout_is_not_retried_and_costs_only_its_con
         started = time.monotonic()
         with pytest.raises(StatementTimeout):
             getattr(lease, method)(statement)
-        assert 1 <= time.monotonic() - started < 1.8  # one read timeout
+        assert time.monotonic() - started >= 1  # it waited the read timeout out (once: the counts below)
         lease.release()
         lease = pool.borrow()  # the others are held: this opens a connection for the lost one
     ids = {other.connection_id for other in others}
