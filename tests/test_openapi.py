@@ -3,6 +3,7 @@
 import re
 
 import jsonschema
+import pytest
 from openapi_spec_validator import validate
 
 
@@ -39,3 +40,20 @@ def test_responses_match_the_documented_schemas(client):
     request_schema = schemas["UserCreate"]
     assert request_schema["additionalProperties"] is False
     assert request_schema["properties"]["name"]["maxLength"] == 100
+
+
+@pytest.mark.parametrize("body", [
+    {"name": "N"}, {"email": "n@example.com"}, {"email": "m@example.com", "name": "M"},
+    {}, {"name": None}, {"email": None}, {"email": None, "name": "N"}, {"id": 1},
+])
+def test_patch_schema_accepts_what_the_api_accepts(client, body):
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    user = client.post("/api/users", json={"email": "p@example.com", "name": "P"}).get_json()
+    accepted = client.patch(f"/api/users/{user['id']}", json=body).status_code == 200
+    try:
+        jsonschema.validate(body, {"$ref": "#/components/schemas/UserPatch",
+                                   "components": {"schemas": schemas}})
+        documented = True
+    except jsonschema.ValidationError:
+        documented = False
+    assert documented == accepted
