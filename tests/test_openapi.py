@@ -37,6 +37,10 @@ def test_responses_match_the_documented_schemas(client):
     check(client.get("/api/users").get_json(), "UserPage")
     check(client.get("/api/users/999").get_json(), "ErrorResponse")
     check(client.post("/api/users", json={"x": 1}).get_json(), "ErrorResponse")
+    with pytest.raises(jsonschema.ValidationError, match="'code' is a required property"):
+        check({"error": {"message": "m"}}, "ErrorResponse")  # every error has a code...
+    with pytest.raises(jsonschema.ValidationError, match="'message' is a required property"):
+        check({"error": {"code": "c"}}, "ErrorResponse")  # ...and a message
     request_schema = schemas["UserCreate"]
     assert request_schema["additionalProperties"] is False
     assert request_schema["properties"]["name"]["maxLength"] == 100

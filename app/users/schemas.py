@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import Annotated
 
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field,
                       StringConstraints, model_validator)
@@ -120,10 +120,10 @@ class _ErrorDetail(TypedDict):
     message: str
 
 
-class _ErrorBody(TypedDict, total=False):
+class _ErrorBody(TypedDict):
     code: Annotated[str, Field(description="Stable, machine-readable cause.")]
     message: str
-    details: list[_ErrorDetail]
+    details: NotRequired[list[_ErrorDetail]]  # validation errors only
 
 
 class ErrorResponse(TypedDict):
