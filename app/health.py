@@ -9,8 +9,11 @@ the schema has every migration this code ships.
 from __future__ import annotations
 
 import os
+from typing import Annotated, Literal
 
 from flask import Blueprint, current_app, jsonify
+from pydantic import Field
+from typing_extensions import NotRequired, TypedDict
 
 from app import migrate
 from app.db import DatabaseBusy, DatabaseUnavailable, PoolTimeout
@@ -18,6 +21,35 @@ from app.db.errors import DatabaseMisconfigured
 from app.errors import RETRY_AFTER_UNAVAILABLE, log_database_failure
 
 bp = Blueprint("health", __name__, url_prefix="/health")
+
+
+class PoolStats(TypedDict):
+    size: int
+    open: int
+    in_use: int
+    idle: int
+    waiting: int
+    borrow_timeouts: int
+    opened: int
+    closed: int
+
+
+class SchemaVersions(TypedDict):
+    applied: int
+    expected: int
+
+
+class Readiness(TypedDict):
+    """Body of GET /health/ready (200 and 503)."""
+
+    status: Literal["ready", "unavailable", "schema_behind"]
+    database: Literal["ok", "busy", "unreachable", "misconfigured", "schema_behind"]
+    pid: int
+    pool: PoolStats
+    reason: NotRequired[Annotated[str, Field(
+        description="With database misconfigured: what to fix, e.g. access_denied.")]]
+    schema: NotRequired[Annotated[SchemaVersions, Field(
+        description="With schema_behind: the newest migration applied and the one expected.")]]
 
 
 @bp.get("")

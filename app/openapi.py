@@ -7,6 +7,7 @@ from functools import lru_cache
 from flask import Blueprint, jsonify
 from pydantic import TypeAdapter
 
+from app.health import Readiness
 from app.users.schemas import (ID_MAX, ErrorResponse, ListQuery, User, UserCreate, UserPage,
                                UserPatch)
 
@@ -19,11 +20,14 @@ def _json(schema: str) -> dict:
     return {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}}
 
 
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
+                                "description": "Seconds to wait before retrying."}}
+
+
 def _error(description: str, *, retry: bool = False) -> dict:
     response = {"description": description, "content": _json("ErrorResponse")}
     if retry:
-        response["headers"] = {"Retry-After": {"schema": {"type": "integer"},
-                                               "description": "Seconds to wait before retrying."}}
+        response["headers"] = _RETRY_AFTER
     return response
 
 
@@ -43,7 +47,8 @@ _ID = [{"name": "user_id", "in": "path", "required": True,
 def document() -> dict:
     _, schemas = TypeAdapter.json_schemas(
         [(t.__name__, "validation" if t in (UserCreate, UserPatch) else "serialization",
-          TypeAdapter(t)) for t in (User, UserCreate, UserPatch, UserPage, ErrorResponse)],
+          TypeAdapter(t)) for t in (User, UserCreate, UserPatch, UserPage, ErrorResponse,
+                                    Readiness)],
         ref_template=_REF,
     )
     query = ListQuery.model_json_schema()["properties"]
@@ -82,9 +87,14 @@ def document() -> dict:
             "/health": {"get": {"operationId": "health", "security": [], "responses": {
                 "200": {"description": "The process serves requests (no database check)."}}}},
             "/health/ready": {"get": {"operationId": "ready", "security": [], "responses": {
-                "200": {"description": "A pooled database connection works."},
-                "503": {"description": "Not ready: the database is unreachable or misconfigured, "
-                                       "or its schema is behind the code."}}}},
+                "200": {"description": "Ready: a pooled database connection works (database ok), "
+                                       "or every connection is serving requests or the database "
+                                       "gave up on the read (busy).",
+                        "content": _json("Readiness")},
+                "503": {"description": "Not ready: the database is unreachable or "
+                                       "misconfigured (with Retry-After), or its schema is "
+                                       "behind the code.",
+                        "content": _json("Readiness"), "headers": _RETRY_AFTER}}}},
         },
         # app/auth.py: which requests need the key depends on API_AUTH (off, writes, all).
         "security": [{"apiKey": []}],

@@ -3,6 +3,7 @@
 import json
 import uuid
 
+import jsonschema
 import pytest
 
 import localdb
@@ -174,3 +175,27 @@ def test_outage_log_carries_the_driver_message_and_errno(db_env, capsys):
     create_app(unreachable(db_env)).test_client().get("/api/users")
     [record] = logged_events(capsys, "db_unavailable")
     assert record["errno"] == 2003 and "Can't connect" in record["message"]
+
+
+def test_ready_bodies_are_the_documented_ones(db_env, make_database):
+    """/openapi.json describes each /health/ready answer: body, status and Retry-After."""
+    answers = [create_app(db_env).test_client().get("/health/ready"),
+               create_app(unreachable(db_env)).test_client().get("/health/ready"),
+               create_app(make_database(migrated=False)).test_client().get("/health/ready")]
+    busy_app = create_app({**db_env, "DB_POOL_SIZE": "1"})
+    held = busy_app.extensions["database"].borrow()
+    try:
+        answers.append(busy_app.test_client().get("/health/ready"))
+    finally:
+        held.release()
+    doc = create_app(db_env).test_client().get("/openapi.json").get_json()
+    documented = doc["paths"]["/health/ready"]["get"]["responses"]
+    seen = set()
+    for response in answers:
+        spec = documented[str(response.status_code)]
+        schema = spec["content"]["application/json"]["schema"]
+        jsonschema.validate(response.get_json(), {**schema, "components": doc["components"]})
+        if "Retry-After" in response.headers:
+            assert "Retry-After" in spec["headers"]
+        seen.add(response.get_json()["database"])
+    assert seen == {"ok", "unreachable", "schema_behind", "busy"}
