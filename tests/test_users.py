@@ -75,6 +75,17 @@ def test_list_pages_are_stable_and_complete(client):
     assert [u["id"] for u in default["data"]] == sorted(ids) and default["next_after"] is None
 
 
+def test_a_full_last_page_is_followed_by_an_empty_one_as_documented(client):
+    """next_after is null only on a short page (the schema's description says so): a list
+    reads `limit` rows, not one more to learn whether another page exists."""
+    ids = [create(client, f"f{i}@example.com", "F")["id"] for i in range(4)]
+    page = client.get(f"/api/users?limit=2&after={ids[1]}").get_json()
+    assert [u["id"] for u in page["data"]] == ids[2:] and page["next_after"] == ids[3]
+    assert client.get(f"/api/users?limit=2&after={ids[3]}").get_json() == {"data": [], "next_after": None}
+    described = client.get("/openapi.json").get_json()["components"]["schemas"]["UserPage"]
+    assert "A full page may be the last" in described["properties"]["next_after"]["description"]
+
+
 def test_list_limit_defaults_to_20_and_caps_at_100(client):
     for i in range(21):
         create(client, f"p{i}@example.com", "P")

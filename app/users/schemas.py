@@ -112,7 +112,8 @@ class User(TypedDict):
 class UserPage(TypedDict):
     data: list[User]
     next_after: Annotated[int | None, Field(
-        description="Pass as ?after= for the next page; null on the last page.")]
+        description="Pass as ?after= for the next page; null when this page has fewer than "
+                    "`limit` users. A full page may be the last: the next one is then empty.")]
 
 
 class _ErrorDetail(TypedDict):
