@@ -233,6 +233,7 @@ def test_secrets_manager_out_of_reach_while_a_worker_boots_does_not_stop_gunicor
     booting worker, which gunicorn starts again; once the secret can be read, the app serves.
     APP_LOAD_ERROR would halt the master, and with it every healthy worker of the instance."""
     import os
+    import socket
     import subprocess
     import sys
     import time
@@ -242,7 +243,11 @@ def test_secrets_manager_out_of_reach_while_a_worker_boots_does_not_stop_gunicor
 
     from conftest import ROOT, procfile_command
 
-    moto_port, port = localdb.free_port(), localdb.free_port()
+    # Held (bound, not listening: connections are refused) until moto takes it, so that no
+    # other process takes the port meanwhile; moto's start() would wait forever on a taken one.
+    placeholder = socket.socket()
+    placeholder.bind(("127.0.0.1", 0))
+    moto_port, port = placeholder.getsockname()[1], localdb.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_"))}
     env.update(app_env("app/db"), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_ENDPOINT_URL_SECRETS_MANAGER=f"http://127.0.0.1:{moto_port}",
@@ -259,6 +264,7 @@ def test_secrets_manager_out_of_reach_while_a_worker_boots_does_not_stop_gunicor
             assert time.monotonic() < deadline and gunicorn.poll() is None, log.read_text()
             time.sleep(0.1)
         assert "DB_SECRET_ID: cannot read secret app/db (EndpointConnectionError" in log.read_text()
+        placeholder.close()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
         server.start()
         boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{moto_port}",
@@ -269,6 +275,7 @@ def test_secrets_manager_out_of_reach_while_a_worker_boots_does_not_stop_gunicor
         assert requests.get(f"http://127.0.0.1:{port}/api/users", timeout=10).status_code == 200
         assert "App failed to load" not in log.read_text() and "Traceback" not in log.read_text()
     finally:
+        placeholder.close()
         localdb.stop_process(gunicorn, 30)
         if server is not None:
             server.stop()

@@ -346,7 +346,10 @@ def test_an_app_that_does_not_answer_gets_json_502_and_504_from_nginx(tmp_path):
             status, headers, body = raw(base, b"GET /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             from_nginx((status, headers, body), 502, "app_unavailable")
             assert headers["retry-after"] == "5"
-        shorter = lambda conf: conf.replace("proxy_read_timeout 55s;", "proxy_read_timeout 1s;")
+        def shorter(conf):
+            assert "proxy_read_timeout 55s;" in conf  # else the test would wait 55 s
+            return conf.replace("proxy_read_timeout 55s;", "proxy_read_timeout 1s;")
+
         with nginx_in_front_of(silent.getsockname()[1], tmp_path / "slow", ready_path=None, edit=shorter) as base:
             from_nginx(raw(base, b"GET /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
                        504, "app_timeout")

@@ -183,6 +183,10 @@ def test_connection_killed_mid_query_is_never_handed_out_again(db_env, mysql_ser
     used = [requests.get(server.url + "/_test/sleep?s=0", timeout=10).json()["connection_id"]
             for _ in range(10)]
     assert killed not in used and len(set(used)) == 1  # one new connection, reused from then on
+    # Handing the dead one out again would show as a second replacement (a read retries on a
+    # fresh connection, so no request would fail): exactly one closed, one opened after it.
+    pool = requests.get(server.url + "/health/ready", timeout=10).json()["pool"]
+    assert pool["opened"] == 2 and pool["closed"] == 1, pool
     assert "Traceback" not in server.output()
 
 
@@ -267,12 +271,16 @@ def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connect
     and KILL QUERY (1317) abandon the statement, not the session: 503 database_busy with
     Retry-After 1, nothing applied, and the pool's one connection serves what follows."""
     mariadb = localdb.find_server()[0] == "mariadb"
-    # Sessions copy these at connect: set before gunicorn opens its connection. The lock wait
-    # (1 s) ends well before the time limit (3 s); a table lock is waited for up to the time limit.
-    limits = ["SET GLOBAL innodb_lock_wait_timeout = 1"]
-    own_server.sql(limits + (["SET GLOBAL max_statement_time = 3"] if mariadb else []))
-    locker = connect(own_env)
+    names = ["innodb_lock_wait_timeout"] + (["max_statement_time"] if mariadb else [])
+    saved = own_server.sql([f"SELECT {', '.join(f'@@GLOBAL.{n}' for n in names)}"])[0]
+    locker = None
     try:
+        # Sessions copy these at connect: set before gunicorn opens its connection. The lock
+        # wait (1 s) ends well before the time limit (3 s); a table lock is waited for up to
+        # the time limit.
+        own_server.sql(["SET GLOBAL innodb_lock_wait_timeout = 1"]
+                       + (["SET GLOBAL max_statement_time = 3"] if mariadb else []))
+        locker = connect(own_env)
         server = start_gunicorn({**own_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
                                  "DB_POOL_SIZE": "1"})
         created = requests.post(server.url + "/api/users", json={"email": "l@example.com", "name": "Before"},
@@ -314,9 +322,9 @@ def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connect
         assert [r["errno"] for r in gunicorn_log(server, "db_busy")] == expected
         assert "Traceback" not in server.output()
     finally:
-        locker.close()
-        own_server.sql(["SET GLOBAL innodb_lock_wait_timeout = 50"]
-                       + (["SET GLOBAL max_statement_time = 0"] if mariadb else []))
+        if locker is not None:
+            locker.close()
+        own_server.sql([f"SET GLOBAL {n} = {v}" for n, v in zip(names, saved)])
 
 
 def test_a_read_past_db_read_timeout_answers_503_after_one_wait(db_env, mysql_server, start_gunicorn):
