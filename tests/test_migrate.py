@@ -103,7 +103,7 @@ def test_waiting_for_the_lock_outlasts_db_read_timeout(make_database, command):
         waiting = 0
         for _ in range(100):  # until it waits for the lock, then twice DB_READ_TIMEOUT more
             cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                        "WHERE INFO LIKE 'SELECT GET_LOCK(%'")
+                        "WHERE DB = %s AND INFO LIKE 'SELECT GET_LOCK(%%'", (env["RDS_DB_NAME"],))
             (waiting,) = cur.fetchone()
             if waiting or proc.poll() is not None:
                 break

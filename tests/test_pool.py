@@ -53,16 +53,24 @@ def test_borrow_waits_for_a_connection_to_come_back(db_env):
 
 
 def test_borrow_gives_up_after_the_timeout(db_env):
-    pool = make_pool(db_env, size=2, timeout=0.4)
+    pool = make_pool(db_env, size=2, timeout=2)
     held = [pool.borrow(), pool.borrow()]
     waiting = []
-    probe = threading.Thread(target=lambda: waiting.append(pool.stats()["waiting"]))
+
+    def probe():  # the borrow below is counted as waiting while it waits (2 s to see it)
+        deadline = time.monotonic() + 1.5
+        while not waiting and time.monotonic() < deadline:
+            if pool.stats()["waiting"] == 1:
+                waiting.append(1)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=probe)
     started = time.monotonic()
-    threading.Timer(0.1, probe.start).start()
+    watcher.start()
     with pytest.raises(PoolTimeout):
         pool.borrow()
-    assert time.monotonic() - started >= 0.4
-    probe.join()
+    assert time.monotonic() - started >= 2
+    watcher.join()
     assert waiting == [1]
     stats = pool.stats()
     assert stats["borrow_timeouts"] == 1 and stats["in_use"] == 2 and stats["waiting"] == 0

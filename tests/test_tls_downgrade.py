@@ -70,7 +70,14 @@ class StrippingServer:
                     pass
 
     def close(self) -> None:
+        """shutdown() wakes the thread blocked in accept() (close() alone does not, on Linux)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._sock.close()
+        self._thread.join(5)
+        assert not self._thread.is_alive()
 
 
 @pytest.fixture
