@@ -151,6 +151,17 @@ def test_a_deleted_secret_during_a_request_is_a_503(aws, secret, db_user, capsys
     assert_503_with_event(app, capsys, "ResourceNotFoundException", "secret_unreadable", True)
 
 
+def test_health_ready_names_the_credential_sources_refusal(aws, secret, db_user):
+    """README Health checks: a secret gone for good is "misconfigured" with its reason."""
+    app = create_app(app_env(secret))
+    aws.delete_secret(SecretId=secret, ForceDeleteWithoutRecovery=True)
+    refuse_the_cached_password(app, db_user)
+    response = app.test_client().get("/health/ready")
+    body = response.get_json()
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert (body["database"], body["reason"]) == ("misconfigured", "secret_unreadable")
+
+
 def test_a_malformed_rotated_secret_during_a_request_is_a_503(aws, secret, db_user, capsys):
     app = create_app(app_env(secret))
     aws.put_secret_value(SecretId=secret, SecretString="password=hunter2")  # now AWSCURRENT
