@@ -180,14 +180,15 @@ def test_create_rejects_invalid_bodies(client, body, fields):
     assert client.get("/api/users").get_json()["data"] == []  # nothing was stored
 
 
-@pytest.mark.parametrize("body, message", [
-    ({}, "at least one"), ({"name": None}, "cannot be null"), ({"id": 5}, "unknown field"),
-    ({"name": 1}, "string"),
+@pytest.mark.parametrize("body, field, message", [
+    ({}, "", "at least one"), ({"name": None}, "name", "cannot be null"),
+    ({"email": None}, "email", "cannot be null"), ({"id": 5}, "id", "unknown field"),
+    ({"name": 1}, "name", "string"),
 ])
-def test_patch_rejects_invalid_bodies_and_keeps_the_user(client, body, message):
+def test_patch_rejects_invalid_bodies_and_keeps_the_user(client, body, field, message):
     user = create(client)
     error = assert_error(client.patch(f"/api/users/{user['id']}", json=body), 422, "validation_error")
-    assert message in error["details"][0]["message"]
+    assert error["details"][0]["field"] == field and message in error["details"][0]["message"]
     assert client.get(f"/api/users/{user['id']}").get_json() == user
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 from typing_extensions import NotRequired, TypedDict
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field,
-                      StringConstraints, model_validator)
+                      StringConstraints, field_validator, model_validator)
 
 NAME_MAX = 100  # users.name is VARCHAR(100): characters (code points), as len() counts
 # Characters a name never needs and that corrupt what displays or logs it: C0/C1 controls
@@ -76,12 +76,18 @@ class UserPatch(BaseModel):
     email: Email | None = None
     name: Name | None = None
 
+    @field_validator("email", "name", mode="before")
+    @classmethod
+    def _not_null(cls, value):
+        """Given, a field must hold a value (the columns are NOT NULL); the error names it."""
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
+
     @model_validator(mode="after")
     def _not_empty(self) -> UserPatch:
         if not self.model_fields_set:
             raise ValueError("give at least one of: email, name")
-        if any(getattr(self, f) is None for f in self.model_fields_set):
-            raise ValueError("email and name cannot be null")
         return self
 
 
