@@ -22,6 +22,18 @@ import localdb
 from conftest import ROOT, connect
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    """A test that fails midway leaves no run-local behind: SIGTERM lets it stop its gunicorn
+    and its throwaway server as it does on Ctrl-C, SIGKILL follows if it does not."""
+    yield
+    while _started:
+        localdb.stop_process(_started.pop(), 30)
+
+
 def start_run_local(tmp_path: Path, extra_env: dict[str, str], args=(), stdin=subprocess.DEVNULL):
     """./scripts/run-local as its shebang runs it, output to a file; returns (process, port, log)."""
     port = localdb.free_port()
@@ -32,6 +44,7 @@ def start_run_local(tmp_path: Path, extra_env: dict[str, str], args=(), stdin=su
     with open(log, "wb") as out:
         proc = subprocess.Popen(["scripts/run-local", *args], cwd=ROOT, env=env, stdin=stdin, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    _started.append(proc)
     return proc, port, log
 
 
