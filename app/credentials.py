@@ -184,8 +184,14 @@ class SecretsManagerPassword:
         return value
 
     def _credentials(self, secret: dict[str, Any]) -> Credentials:
-        user = secret.get("username") or self._user
-        if not user or not isinstance(user, str):
+        given = secret.get("username")
+        if given is not None and not isinstance(given, str):
+            raise CredentialsUnavailable(
+                f"DB_SECRET_ID: secret {self.secret_id} field \"username\" is not a string (got "
+                f"{type(given).__name__}); fix the secret's value",
+                reason="secret_invalid", permanent=True)
+        user = given or self._user
+        if not user:
             raise CredentialsUnavailable(
                 f"DB_SECRET_ID: secret {self.secret_id} has no username field and RDS_USERNAME "
                 "is not set; add username to the secret or set RDS_USERNAME",

@@ -170,6 +170,16 @@ def test_a_malformed_rotated_secret_during_a_request_is_a_503(aws, secret, db_us
     assert "hunter2" not in out.out + out.err + response.get_data(as_text=True)
 
 
+def test_a_rotated_secret_with_a_username_that_is_no_string_names_that_field(aws, secret, db_user, capsys):
+    app = create_app(app_env(secret))
+    rotated = {**json.loads(secret_value(db_user, db_user["password"])), "username": 123}
+    aws.put_secret_value(SecretId=secret, SecretString=json.dumps(rotated))  # now AWSCURRENT
+    refuse_the_cached_password(app, db_user)
+    _, out = assert_503_with_event(app, capsys, None, "secret_invalid", True)
+    [event] = [r for r in json_lines(out.out) if r.get("event") == "db_credentials_unavailable"][:1]
+    assert 'field "username" is not a string (got int)' in event["message"], event["message"]
+
+
 def test_an_unreachable_secrets_manager_during_a_request_is_a_503(db_user, monkeypatch, capsys):
     from moto.server import ThreadedMotoServer
 
