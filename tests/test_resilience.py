@@ -159,23 +159,24 @@ def slow_gunicorn(start_gunicorn, monkeypatch):
     return start_gunicorn
 
 
-def sleeping_query(mysql_server, database, timeout=10):
-    """The id of the connection running SELECT SLEEP in `database`, once it runs."""
+def connection_running(server, database, where: str, timeout=10):
+    """The id of the connection in `database` whose statement matches `where` (a condition on
+    information_schema.PROCESSLIST), once there is one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = mysql_server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}' "
-                                 "AND INFO LIKE 'SELECT SLEEP%'"])
+        rows = server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}' "
+                           f"AND {where}"])
         if rows:
             return rows[0][0]
         time.sleep(0.02)
-    raise AssertionError("the slow query never started")
+    raise AssertionError(f"no statement in {database} where {where}")
 
 
 def test_connection_killed_mid_query_is_never_handed_out_again(db_env, mysql_server, slow_gunicorn):
     env = {**db_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "1"}
     server = slow_gunicorn(env)
     with faults.Load(lambda n: faults.send("GET", server.url + "/_test/sleep?s=1.5"), threads=1) as load:
-        killed = sleeping_query(mysql_server, env["RDS_DB_NAME"])
+        killed = connection_running(mysql_server, env["RDS_DB_NAME"], "INFO LIKE 'SELECT SLEEP%'")
         mysql_server.sql([f"KILL CONNECTION {killed}"])
         load.wait_for(lambda o: True, 1)
     [victim] = load.outcomes[:1]
@@ -253,18 +254,6 @@ def test_exhausted_pools_answer_503_after_the_borrow_timeout_and_leak_nothing(db
         assert stats["in_use"] == 0 and stats["waiting"] == 0 and stats["open"] <= pool_size
 
 
-def waiting_statement(server, database, timeout=10):
-    """The id of the connection whose statement waits for a lock in `database`, once it waits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}' "
-                           "AND STATE LIKE '%lock%' AND INFO LIKE 'SELECT%'"])
-        if rows:
-            return rows[0][0]
-        time.sleep(0.02)
-    raise AssertionError("no statement started waiting for the lock")
-
-
 def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connection(
         own_server, own_env, start_gunicorn):
     """A lock wait timeout (1205), a statement time limit (MariaDB's max_statement_time, 1969)
@@ -305,7 +294,9 @@ def test_statements_the_database_gives_up_on_answer_503_busy_on_the_same_connect
         cur.execute("LOCK TABLES users WRITE, schema_migrations WRITE")
         with ThreadPoolExecutor(1) as client:
             pending = client.submit(requests.get, server.url + "/api/users", timeout=10)
-            cur.execute(f"KILL QUERY {waiting_statement(own_server, own_env['RDS_DB_NAME'])}")
+            waiting = connection_running(own_server, own_env["RDS_DB_NAME"],
+                                         "STATE LIKE '%lock%' AND INFO LIKE 'SELECT%'")
+            cur.execute(f"KILL QUERY {waiting}")
             assert_busy(pending.result())
         expected.append(1317)
         if mariadb:
