@@ -58,7 +58,8 @@ class UserCreate(BaseModel):
 
 
 def _patch_schema(schema: dict) -> None:
-    """What _not_empty refuses, in the OpenAPI document too: no null, at least one field.
+    """What the validators refuse, in the OpenAPI document too: no null (_not_null), at least
+    one field (_not_empty).
 
     The None defaults only mark a field as not given; pydantic would document them as
     `anyOf: [..., {"type": "null"}]` with `default: null`.
