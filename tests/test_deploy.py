@@ -255,6 +255,37 @@ def test_rehearsal_fails_on_seeded_breakage(bundle, tmp_path, breakage):
     assert "passed in" not in output
 
 
+def rehearse_as_a_user(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """./scripts/rehearse-deploy as typed in a shell with the project's virtualenv active: its
+    shebang starts the first python3 on PATH."""
+    env = {**os.environ, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(ROOT / "scripts" / "rehearse-deploy"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _append(target: str, text: bytes):
+    """Add lines at the end of `target` (01 ends inside its option_settings mapping)."""
+    def edit(name, data, mode):
+        return (data + text, mode) if name == target else (data, mode)
+    return edit
+
+
+def test_rehearsal_refuses_the_static_files_namespace_of_amazon_linux_ami(bundle, tmp_path):
+    """aws:elasticbeanstalk:container:python:staticfiles belongs to the Python platform versions
+    on Amazon Linux AMI (before Amazon Linux 2); from Amazon Linux 2 on the platform serves static
+    files through aws:elasticbeanstalk:environment:proxy:staticfiles, with the same options
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/create-deploy-python-container.html#python-namespaces,
+    https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-specific.html#command-options-python)."""
+    broken = broken_copy(bundle, tmp_path / "al1.zip", _append(
+        ".ebextensions/01-environment.config",
+        b"  aws:elasticbeanstalk:container:python:staticfiles:\n    /static: static\n"))
+    result = rehearse_as_a_user("--static-only", "--bundle", str(broken))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (".ebextensions/01-environment.config: aws:elasticbeanstalk:container:python:staticfiles is a "
+            "namespace of the Amazon Linux AMI platform versions (before Amazon Linux 2); on Amazon Linux "
+            "2023 use aws:elasticbeanstalk:environment:proxy:staticfiles") in result.stderr
+
+
 def test_rehearsal_of_something_that_is_not_a_bundle_says_so(tmp_path):
     not_a_zip = tmp_path / "app.zip"
     not_a_zip.write_text("hello")
