@@ -286,6 +286,165 @@ def test_rehearsal_refuses_the_static_files_namespace_of_amazon_linux_ami(bundle
             "2023 use aws:elasticbeanstalk:environment:proxy:staticfiles") in result.stderr
 
 
+GENERAL = "https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-general.html"
+PYTHON_SPECIFIC = "https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-specific.html#command-options-python"
+ENV01 = ".ebextensions/01-environment.config"
+
+# Option settings as AWS documents them, broken one at a time in a copy of the bundle: each
+# names the file, the namespace, the option and the fix, and the page (the URL) that says so.
+OPTION_BREAKAGES = {
+    # Option names exist per namespace (GENERAL#command-options-general-environmentprocess).
+    "misspelt option name": (
+        _replace(ENV01, b"    MatcherHTTPCode:", b"    MatcherHttpCode:"),
+        [f"{ENV01}: aws:elasticbeanstalk:environment:process:default has no option 'MatcherHttpCode'; "
+         "did you mean 'MatcherHTTPCode'?", GENERAL + "#command-options-general-environmentprocess"]),
+    # MatcherHTTPCode: with an application load balancer, 200 to 499 (same page).
+    "health check code outside 200-499": (
+        _replace(ENV01, b'MatcherHTTPCode: "200"', b'MatcherHTTPCode: "200,503"'),
+        [f"{ENV01}: aws:elasticbeanstalk:environment:process:default MatcherHTTPCode '200,503' is not valid: "
+         "it must be HTTP codes from 200 to 499"]),
+    # Port: 1 to 65535 (same page).
+    "non-numeric process port": (
+        _append(ENV01, b"  aws:elasticbeanstalk:environment:process:default:\n    Port: eighty\n"),
+        [f"{ENV01}: aws:elasticbeanstalk:environment:process:default Port 'eighty' is not valid: it must be "
+         "a whole number from 1 to 65535"]),
+    # HealthCheckPath: "A routable path" (same page).
+    "health check path without its slash": (
+        _replace(ENV01, b"HealthCheckPath: /health", b"HealthCheckPath: health"),
+        [f"{ENV01}: aws:elasticbeanstalk:environment:process:default HealthCheckPath 'health' is not valid: "
+         "it must be an absolute path (starting with /"]),
+    # HealthCheckInterval: 5 to 300 with an application load balancer (same page).
+    "health check interval out of range": (
+        _replace(ENV01, b'HealthCheckInterval: "15"', b'HealthCheckInterval: "3"'),
+        ["HealthCheckInterval '3' is not valid: it must be a whole number from 5 to 300"]),
+    # RetentionInDays: 1, 3, 5, 7, 14, 30, 60, ... (GENERAL#command-options-general-cloudwatchlogs).
+    "log retention CloudWatch does not offer": (
+        _replace(ENV01, b"RetentionInDays: 30", b"RetentionInDays: 31"),
+        [f"{ENV01}: aws:elasticbeanstalk:cloudwatch:logs RetentionInDays '31' is not valid: it must be one of "
+         "1, 3, 5, 7, 14, 30, 60", GENERAL + "#command-options-general-cloudwatchlogs"]),
+    "log streaming flag that is not a boolean": (
+        _replace(ENV01, b"StreamLogs: true", b"StreamLogs: enabled"),
+        ["aws:elasticbeanstalk:cloudwatch:logs StreamLogs 'enabled' is not valid: it must be one of true, false"]),
+    # IdleTimeout: 1 to 3600 (GENERAL#command-options-general-elbv2).
+    "load balancer idle timeout out of range": (
+        _replace(ENV01, b'IdleTimeout: "60"', b'IdleTimeout: "4000"'),
+        ["aws:elbv2:loadbalancer IdleTimeout '4000' is not valid: it must be a whole number from 1 to 3600",
+         GENERAL + "#command-options-general-elbv2"]),
+    # MaxSize: 1 to 10000 (GENERAL#command-options-general-autoscalingasg).
+    "auto scaling maximum of zero": (
+        _replace(ENV01, b'MaxSize: "4"', b'MaxSize: "0"'),
+        ["aws:autoscaling:asg MaxSize '0' is not valid: it must be a whole number from 1 to 10000"]),
+    # IamInstanceProfile (GENERAL#command-options-general-autoscalinglaunchconfiguration).
+    "misspelt instance profile option": (
+        _append(ENV01, b"  aws:autoscaling:launchconfiguration:\n    InstanceProfile: flask-rds-app-ec2\n"),
+        [f"{ENV01}: aws:autoscaling:launchconfiguration has no option 'InstanceProfile'; did you mean "
+         "'IamInstanceProfile'?", GENERAL + "#command-options-general-autoscalinglaunchconfiguration"]),
+    # SystemType: basic or enhanced (GENERAL#command-options-general-elasticbeanstalkhealthreporting).
+    "health reporting system that does not exist": (
+        _append(ENV01, b"  aws:elasticbeanstalk:healthreporting:system:\n    SystemType: enhance\n"),
+        ["aws:elasticbeanstalk:healthreporting:system SystemType 'enhance' is not valid: it must be one of "
+         "basic, enhanced"]),
+    # ProxyServer on the Python platform: nginx or apache (PYTHON_SPECIFIC).
+    "proxy server the Python platform does not offer": (
+        _append(ENV01, b"  aws:elasticbeanstalk:environment:proxy:\n    ProxyServer: haproxy\n"),
+        ["aws:elasticbeanstalk:environment:proxy ProxyServer 'haproxy' is not valid: it must be one of nginx, "
+         "apache", PYTHON_SPECIFIC]),
+    # Static files: a URL path starting with / mapped to a folder of the bundle
+    # (GENERAL#command-options-general-environmentproxystaticfiles).
+    "static files from a folder the bundle lacks": (
+        _append(ENV01, b"  aws:elasticbeanstalk:environment:proxy:staticfiles:\n    /images: staticimages\n"),
+        [f"{ENV01}: aws:elasticbeanstalk:environment:proxy:staticfiles /images: 'staticimages' is no folder of "
+         "the bundle"]),
+    # Environment property names: letters, digits and _ . : / + \\ - @
+    # (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/environments-cfg-softwaresettings.html).
+    "environment property name with a space": (
+        _replace(ENV01, b"    LOG_LEVEL: INFO\n", b"    LOG LEVEL: INFO\n"),
+        [f"{ENV01}: aws:elasticbeanstalk:application:environment 'LOG LEVEL' is not a valid environment "
+         "property name", "environments-cfg-softwaresettings.html"]),
+    # ... and all of them, as key=value, 4,096 bytes at most (same page).
+    "environment properties over 4096 bytes": (
+        _replace(ENV01, b"    LOG_LEVEL: INFO\n", b"    LOG_LEVEL: INFO\n    NOTE: " + b"x" * 4000 + b"\n"),
+        [f"{ENV01}: the aws:elasticbeanstalk:application:environment properties take", "over Beanstalk's 4096"]),
+    # WSGIPath names a module with an `application` callable (PYTHON_SPECIFIC; module:callable on
+    # Amazon Linux 2 and later, https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/create-deploy-python-container.html#python-namespaces).
+    "WSGIPath to a module the bundle lacks": (
+        _append(ENV01, b"  aws:elasticbeanstalk:container:python:\n    WSGIPath: ebdjango.wsgi:application\n"),
+        [f"{ENV01}: aws:elasticbeanstalk:container:python WSGIPath 'ebdjango.wsgi:application': the bundle has "
+         "no module ebdjango.wsgi (ebdjango/wsgi.py)", "as application:application"]),
+    "WSGIPath to a module without `application`": (
+        _append(ENV01, b"  aws:elasticbeanstalk:container:python:\n    WSGIPath: app\n"),
+        [f"{ENV01}: aws:elasticbeanstalk:container:python WSGIPath 'app': app/__init__.py defines no "
+         "'application', the callable Beanstalk would serve"]),
+    # A Procfile overrides the aws:elasticbeanstalk:container:python options
+    # (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/python-configuration-procfile.html).
+    "WSGI option the Procfile overrides": (
+        _append(ENV01, b"  aws:elasticbeanstalk:container:python:\n    NumThreads: 20\n"),
+        [f"{ENV01}: aws:elasticbeanstalk:container:python NumThreads '20' is ignored: a Procfile overrides the "
+         "aws:elasticbeanstalk:container:python options, and its web: command serves application:application",
+         "python-configuration-procfile.html"]),
+}
+
+
+@pytest.mark.parametrize("breakage", list(OPTION_BREAKAGES))
+def test_rehearsal_checks_option_settings_against_the_docs(bundle, tmp_path, breakage):
+    edit, expected = OPTION_BREAKAGES[breakage]
+    broken = broken_copy(bundle, tmp_path / "broken.zip", edit)
+    result = rehearse_as_a_user("--static-only", "--bundle", str(broken))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "rehearse: FAILED" in result.stderr
+    for text in expected:
+        assert text in result.stderr, (text, output[-3000:])
+
+
+def test_rehearsal_passes_the_option_settings_that_ship(bundle, tmp_path):
+    """The real 01-05 pass, and so do the documented forms the checks must not refuse: a
+    WSGIPath that agrees with the Procfile, in its Amazon Linux 2 form (module, callable
+    `application`), codes as a range (https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_Matcher.html),
+    YAML booleans, and a namespace documented but not modelled."""
+    result = rehearse_as_a_user("--static-only", "--bundle", str(bundle))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("option_settings: 33 setting(s) in 6 namespace(s) checked against Beanstalk's documented "
+            "options and values") in result.stdout
+    variants = broken_copy(bundle, tmp_path / "variants.zip", lambda name, data, mode: (
+        data.replace(b'MatcherHTTPCode: "200"', b'MatcherHTTPCode: "200-299"')
+        + b"  aws:elasticbeanstalk:container:python:\n    WSGIPath: application\n"
+        b"  aws:elasticbeanstalk:xray:\n    XRayEnabled: false\n"
+        b"  aws:autoscaling:trigger:\n    MeasureName: CPUUtilization\n", mode) if name == ENV01 else (data, mode))
+    result = rehearse_as_a_user("--static-only", "--bundle", str(variants))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "options not modelled in aws:autoscaling:trigger" in result.stdout
+
+
+def test_option_checks_read_the_load_balancer_type():
+    """With a network load balancer MatcherHTTPCode is 200 to 399 and HealthCheckInterval 10 or 30
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-general.html#command-options-general-environmentprocess)."""
+    import eb_options
+
+    process = "aws:elasticbeanstalk:environment:process:default"
+    settings = [("01", process, "MatcherHTTPCode", "404"), ("01", process, "HealthCheckInterval", "15")]
+    assert eb_options.check(settings, ROOT, None) == []
+    network = [("00", "aws:elasticbeanstalk:environment", "LoadBalancerType", "network"), *settings]
+    problems = eb_options.check(network, ROOT, None)
+    assert len(problems) == 2
+    assert "MatcherHTTPCode '404' is not valid" in problems[0] and "network load balancer: HTTP codes from 200 to 399" in problems[0]
+    assert "HealthCheckInterval '15' is not valid" in problems[1]
+
+
+def test_option_checks_want_a_port_number_in_port():
+    """PORT is the port nginx forwards requests to
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.proxy.html); the
+    rehearsal meets scripts/bundle's /api/ port comparison first, so the check is called here."""
+    import eb_options
+
+    environment = "aws:elasticbeanstalk:application:environment"
+    assert eb_options.check([("01", environment, "PORT", "8000")], ROOT, None) == []
+    assert eb_options.check([("01", environment, "PORT", "eighty")], ROOT, None) == [
+        "01: aws:elasticbeanstalk:application:environment PORT 'eighty' is not valid: it must be a whole "
+        "number from 1 to 65535 (the port nginx forwards requests to, "
+        "https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.proxy.html)"]
+
+
 def test_rehearsal_of_something_that_is_not_a_bundle_says_so(tmp_path):
     not_a_zip = tmp_path / "app.zip"
     not_a_zip.write_text("hello")
