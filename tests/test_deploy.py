@@ -532,6 +532,55 @@ def test_scripts_run_as_their_shebang_says(tmp_path):
         assert "ModuleNotFoundError" not in result.stderr
 
 
+def _third_party_imports(*paths: Path) -> set[str]:
+    """Modules `paths` import that are neither the standard library's nor scripts/'s own."""
+    import ast
+
+    local = {p.stem for p in (ROOT / "scripts").iterdir()}
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found |= {n for n in names if n.split(".")[0] not in sys.stdlib_module_names | local | {"__future__"}}
+    return found
+
+
+def test_rehearsal_hands_over_for_every_package_it_imports():
+    """project_venv.ensure re-runs the rehearsal with .venv when a package is missing: it must
+    list every package the rehearsal, scripts/bundle and scripts/localdb.py import."""
+    import ast
+
+    source = (ROOT / "scripts" / "rehearse-deploy").read_text()
+    [call] = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
+              and getattr(n.func, "attr", None) == "ensure"]
+    ensured = {arg.value for arg in call.args}
+    imported = _third_party_imports(*(ROOT / "scripts" / name for name in
+                                      ("rehearse-deploy", "bundle", "localdb.py", "eb_options.py")))
+    assert {m for m in imported if not any(m == e or m.startswith(e + ".") or e.startswith(m + ".")
+                                           for e in ensured)} == set()
+
+
+def test_rehearsal_started_by_a_python3_with_some_of_its_packages_hands_over(tmp_path):
+    """The first python3 on PATH may have the packages the rehearsal checked for and not the
+    others (pathspec, which scripts/bundle imports to build the bundle): it must hand over to
+    the project's virtualenv, not stop with a ModuleNotFoundError traceback."""
+    import yaml
+
+    partial = tmp_path / "partial"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(partial)], check=True, timeout=120)
+    [site] = (partial / "lib").glob("python3*/site-packages")
+    ours = Path(yaml.__file__).parents[1]  # the project's site-packages: the real packages
+    for package in ("yaml", "requests", "boto3", "moto", "flask_cors"):
+        (site / package).symlink_to(ours / package)
+    env = {**os.environ, "PATH": f"{partial / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "VENV": str(Path(PYTHON).parent.parent)}
+    result = subprocess.run([str(ROOT / "scripts" / "rehearse-deploy"), "--static-only"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert "ModuleNotFoundError" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0 and "rehearse: passed" in result.stdout, result.stderr[-3000:]
+
+
 def test_the_environment_gets_its_region_from_the_stack():
     """botocore raises NoRegionError without one and does not ask the instance metadata: 01 sets
     AWS_REGION with Beanstalk's backtick syntax for functions in option values
