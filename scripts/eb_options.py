@@ -244,6 +244,31 @@ UNMODELLED = [re.compile(p) for p in (
 PRE_AL2_NAMESPACES = {
     "aws:elasticbeanstalk:container:python:staticfiles": "aws:elasticbeanstalk:environment:proxy:staticfiles",
 }
+# What the page says applies to some load balancer types only: the aws:elbv2 namespaces are the
+# Application and Network Load Balancers', aws:elbv2:loadbalancer and listener rules "aren't
+# applicable to environments with a network load balancer", and of a process's options
+# MatcherHTTPCode is for a network or application load balancer, HealthCheckTimeout and the
+# Stickiness options for an application load balancer (GENERAL). The environment's type is
+# aws:elasticbeanstalk:environment LoadBalancerType, default `classic`, chosen at creation only
+# (DG + "environments-cfg-alb.html"); .ebextensions may set it (DG + "ebextensions.html").
+BOTH = ("application", "network")
+APPLICATION_ONLY = ("application",)
+
+
+def balancer_types(ns_name: str, option: str) -> tuple[str, ...] | None:
+    """The load balancer types an option applies to; None when the page sets no limit."""
+    if ns_name == "aws:elbv2:loadbalancer" or ns_name.startswith("aws:elbv2:listenerrule:"):
+        return APPLICATION_ONLY
+    if ns_name.startswith("aws:elbv2:listener:"):
+        return BOTH
+    if ns_name.startswith("aws:elasticbeanstalk:environment:process:"):
+        if option == "MatcherHTTPCode":
+            return BOTH
+        if option == "HealthCheckTimeout" or option.startswith("Stickiness"):
+            return APPLICATION_ONLY
+    return None
+
+
 # Environment property names: letters, digits and _ . : / + \ - @; all of them together, as
 # key=value, at most 4,096 bytes (SOFTWARE_SETTINGS).
 PROPERTY_NAME = re.compile(r"[\w.:/+\\@-]+")
@@ -270,8 +295,8 @@ Setting = tuple[str, str, str, str]  # (file, namespace, option, value)
 
 def check(settings: list[Setting], staging: Path, procfile_target: str | None) -> list[str]:
     """Problems with `settings` (in file order), each naming the file, namespace, option and fix."""
-    balancer = next((value for _, ns, option, value in reversed(settings) if (ns, option) == BALANCER_TYPE),
-                    "application")
+    chosen = next((value for _, ns, option, value in reversed(settings) if (ns, option) == BALANCER_TYPE), None)
+    balancer = chosen or "classic"
     problems = []
     for name, ns_name, option, value in settings:
         if ns_name in PRE_AL2_NAMESPACES:
@@ -296,6 +321,16 @@ def check(settings: list[Setting], staging: Path, procfile_target: str | None) -
         if not values.accepts(value, balancer):
             problems.append(f"{name}: {ns_name} {option} {value!r} is not valid: it must be {values.describe} "
                             f"({ns.doc})")
+        types = balancer_types(ns_name, option)
+        if types and balancer not in types:
+            which = " or ".join(f"an {t} load balancer" if t == "application" else f"a {t} load balancer"
+                                for t in types)
+            fix = ("no .ebextensions file sets aws:elasticbeanstalk:environment LoadBalancerType, whose default "
+                   "is classic; set LoadBalancerType: application" if chosen is None else
+                   f"LoadBalancerType is {chosen}; remove the option, or create the environment with "
+                   f"LoadBalancerType: {types[0]} (the type is chosen at creation only)")
+            problems.append(f"{name}: {ns_name} {option} applies to {which} only, and {fix} "
+                            f"({GENERAL}#command-options-general-elasticbeanstalkenvironment)")
     problems += _environment_properties(settings)
     problems += _static_files(settings, staging)
     problems += _python_container(settings, staging, procfile_target)

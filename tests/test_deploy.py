@@ -385,6 +385,27 @@ OPTION_BREAKAGES = {
 }
 
 
+# The load balancer type: LoadBalancerType defaults to classic and is chosen at creation only
+# (GENERAL#command-options-general-elasticbeanstalkenvironment,
+# https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/environments-cfg-alb.html); MatcherHTTPCode is
+# for an application or network load balancer, aws:elbv2:loadbalancer for an application one
+# (GENERAL#command-options-general-environmentprocess, GENERAL#command-options-general-elbv2).
+OPTION_BREAKAGES |= {
+    "ALB options without LoadBalancerType": (
+        _replace(ENV01, b"  aws:elasticbeanstalk:environment:\n    LoadBalancerType: application\n", b""),
+        [f"{ENV01}: aws:elasticbeanstalk:environment:process:default MatcherHTTPCode applies to an application "
+         "load balancer or a network load balancer only, and no .ebextensions file sets "
+         "aws:elasticbeanstalk:environment LoadBalancerType, whose default is classic; set LoadBalancerType: "
+         "application",
+         f"{ENV01}: aws:elbv2:loadbalancer IdleTimeout applies to an application load balancer only"]),
+    "ALB options with a classic load balancer": (
+        _replace(ENV01, b"LoadBalancerType: application", b"LoadBalancerType: classic"),
+        [f"{ENV01}: aws:elbv2:loadbalancer IdleTimeout applies to an application load balancer only, and "
+         "LoadBalancerType is classic; remove the option, or create the environment with LoadBalancerType: "
+         "application"]),
+}
+
+
 @pytest.mark.parametrize("breakage", list(OPTION_BREAKAGES))
 def test_rehearsal_checks_option_settings_against_the_docs(bundle, tmp_path, breakage):
     edit, expected = OPTION_BREAKAGES[breakage]
@@ -404,7 +425,7 @@ def test_rehearsal_passes_the_option_settings_that_ship(bundle, tmp_path):
     YAML booleans, and a namespace documented but not modelled."""
     result = rehearse_as_a_user("--static-only", "--bundle", str(bundle))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert ("option_settings: 33 setting(s) in 6 namespace(s) checked against Beanstalk's documented "
+    assert ("option_settings: 34 setting(s) in 7 namespace(s) checked against Beanstalk's documented "
             "options and values") in result.stdout
     variants = broken_copy(bundle, tmp_path / "variants.zip", lambda name, data, mode: (
         data.replace(b'MatcherHTTPCode: "200"', b'MatcherHTTPCode: "200-299"')
@@ -423,7 +444,8 @@ def test_option_checks_read_the_load_balancer_type():
 
     process = "aws:elasticbeanstalk:environment:process:default"
     settings = [("01", process, "MatcherHTTPCode", "404"), ("01", process, "HealthCheckInterval", "15")]
-    assert eb_options.check(settings, ROOT, None) == []
+    assert eb_options.check([("00", "aws:elasticbeanstalk:environment", "LoadBalancerType", "application"),
+                             *settings], ROOT, None) == []
     network = [("00", "aws:elasticbeanstalk:environment", "LoadBalancerType", "network"), *settings]
     problems = eb_options.check(network, ROOT, None)
     assert len(problems) == 2
