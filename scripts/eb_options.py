@@ -88,6 +88,9 @@ def _codes(low: int, high: int) -> Values:
     return Values(f"HTTP codes from {low} to {high}, comma-separated (ranges like 200-299 too)", accepts)
 
 
+# PauseTime and Timeout: ISO 8601 durations, PT#H#M#S (GENERAL, rolling updates).
+ISO_DURATION = Values("an ISO 8601 duration such as PT5M or PT1H30M",
+                      lambda value, balancer: bool(re.fullmatch(r"PT(?=\d)(\d+H)?(\d+M)?(\d+S)?", value)))
 # "A routable path" (GENERAL), default `/`: an absolute path with no spaces, the form a request's
 # path takes (RFC 9112 origin-form), like the ALB's ping path (default `/`) and Application
 # Healthcheck URL ("a path starting with /").
@@ -152,6 +155,30 @@ NAMESPACES: dict[str, Namespace] = {
         "RootVolumeIOPS": integer(100, 20000),
         "RootVolumeThroughput": integer(125, 1000),
     }),
+    "aws:autoscaling:trigger": Namespace(GENERAL + "#command-options-general-autoscalingtrigger", {
+        "BreachDuration": integer(1, 600),
+        "LowerBreachScaleIncrement": TEXT,
+        "LowerThreshold": integer(0, 20000000),
+        "MeasureName": one_of("CPUUtilization", "NetworkIn", "NetworkOut", "DiskWriteOps", "DiskReadBytes",
+                              "DiskReadOps", "DiskWriteBytes", "Latency", "RequestCount", "HealthyHostCount",
+                              "UnhealthyHostCount", "TargetResponseTime"),
+        "Period": integer(1, 600),
+        "EvaluationPeriods": integer(1, 600),
+        "Statistic": one_of("Minimum", "Maximum", "Sum", "Average"),
+        "Unit": one_of("Seconds", "Percent", "Bytes", "Bits", "Count", "Bytes/Second", "Bits/Second",
+                       "Count/Second", "None"),
+        "UpperBreachScaleIncrement": TEXT,
+        "UpperThreshold": integer(0, 20000000),
+    }),
+    "aws:autoscaling:updatepolicy:rollingupdate": Namespace(
+        GENERAL + "#command-options-general-autoscalingupdatepolicyrollingupdate", {
+            "MaxBatchSize": integer(1, 10000),
+            "MinInstancesInService": integer(0, 9999),
+            "RollingUpdateEnabled": BOOLEAN,
+            "RollingUpdateType": one_of("Time", "Health", "Immutable"),
+            "PauseTime": ISO_DURATION,
+            "Timeout": ISO_DURATION,
+        }),
     "aws:ec2:instances": Namespace(GENERAL + "#command-options-general-ec2instances", {
         "EnableSpot": BOOLEAN,
         "InstanceTypes": TEXT,
@@ -212,6 +239,15 @@ NAMESPACES: dict[str, Namespace] = {
         GENERAL + "#command-options-general-elasticbeanstalkmanagedactionsplatformupdate", {
             "UpdateLevel": one_of("patch", "minor"), "InstanceRefreshEnabled": BOOLEAN,
         }),
+    "aws:elasticbeanstalk:sns:topics": Namespace(GENERAL + "#command-options-general-elasticbeanstalksnstopics", {
+        "Notification Endpoint": TEXT,
+        "Notification Protocol": one_of("http", "https", "email", "email-json", "sqs"),
+        "Notification Topic ARN": TEXT,
+        "Notification Topic Name": TEXT,
+    }),
+    "aws:elasticbeanstalk:trafficsplitting": Namespace(GENERAL + "#command-options-general-elasticbeanstalktrafficsplitting", {
+        "NewVersionPercent": integer(1, 100), "EvaluationTime": integer(3, 600),
+    }),
     "aws:elasticbeanstalk:xray": Namespace(GENERAL + "#command-options-general-elasticbeanstalkxray", {
         "XRayEnabled": BOOLEAN,
     }),
@@ -233,8 +269,8 @@ PATTERNS: dict[re.Pattern, Namespace] = {
 }
 # Documented (GENERAL), options not modelled here: accepted as they are.
 UNMODELLED = [re.compile(p) for p in (
-    r"aws:autoscaling:(scheduledaction|trigger|updatepolicy:rollingupdate)",
-    r"aws:elasticbeanstalk:(monitoring|sns:topics|sqsd|trafficsplitting)",
+    r"aws:autoscaling:scheduledaction",
+    r"aws:elasticbeanstalk:(monitoring|sqsd)",
     r"aws:elb:(healthcheck|loadbalancer|listener|listener:\d+|policies|policies:[A-Za-z0-9_-]+)",
     r"aws:rds:dbinstance",
     r"aws:cloudformation:template:parameter",

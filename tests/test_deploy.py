@@ -406,6 +406,24 @@ OPTION_BREAKAGES |= {
 }
 
 
+# Scaling and deployment options a user of the project is likely to add
+# (GENERAL#command-options-general-autoscalingtrigger,
+# GENERAL#command-options-general-autoscalingupdatepolicyrollingupdate).
+OPTION_BREAKAGES |= {
+    "scaling trigger on a metric Beanstalk does not offer": (
+        _append(ENV01, b"  aws:autoscaling:trigger:\n    MeasureName: CPU\n"),
+        [f"{ENV01}: aws:autoscaling:trigger MeasureName 'CPU' is not valid: it must be one of CPUUtilization, "
+         "NetworkIn", GENERAL + "#command-options-general-autoscalingtrigger"]),
+    "rolling update pause that is not an ISO 8601 duration": (
+        _append(ENV01, b"  aws:autoscaling:updatepolicy:rollingupdate:\n    PauseTime: 90s\n"),
+        ["aws:autoscaling:updatepolicy:rollingupdate PauseTime '90s' is not valid: it must be an ISO 8601 "
+         "duration such as PT5M"]),
+    "misspelt rolling update option": (
+        _append(ENV01, b"  aws:autoscaling:updatepolicy:rollingupdate:\n    MaxBatch: 1\n"),
+        ["aws:autoscaling:updatepolicy:rollingupdate has no option 'MaxBatch'; did you mean 'MaxBatchSize'?"]),
+}
+
+
 @pytest.mark.parametrize("breakage", list(OPTION_BREAKAGES))
 def test_rehearsal_checks_option_settings_against_the_docs(bundle, tmp_path, breakage):
     edit, expected = OPTION_BREAKAGES[breakage]
@@ -431,10 +449,12 @@ def test_rehearsal_passes_the_option_settings_that_ship(bundle, tmp_path):
         data.replace(b'MatcherHTTPCode: "200"', b'MatcherHTTPCode: "200-299"')
         + b"  aws:elasticbeanstalk:container:python:\n    WSGIPath: application\n"
         b"  aws:elasticbeanstalk:xray:\n    XRayEnabled: false\n"
-        b"  aws:autoscaling:trigger:\n    MeasureName: CPUUtilization\n", mode) if name == ENV01 else (data, mode))
+        b"  aws:autoscaling:trigger:\n    MeasureName: CPUUtilization\n    UpperThreshold: 70\n"
+        b"  aws:autoscaling:updatepolicy:rollingupdate:\n    RollingUpdateType: Health\n    PauseTime: PT1M30S\n"
+        b"  aws:elasticbeanstalk:sqsd:\n    HttpPath: /\n", mode) if name == ENV01 else (data, mode))
     result = rehearse_as_a_user("--static-only", "--bundle", str(variants))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "options not modelled in aws:autoscaling:trigger" in result.stdout
+    assert "options not modelled in aws:elasticbeanstalk:sqsd" in result.stdout
 
 
 def test_option_checks_read_the_load_balancer_type():
