@@ -473,6 +473,26 @@ def test_option_checks_read_the_load_balancer_type():
     assert "HealthCheckInterval '15' is not valid" in problems[1]
 
 
+def test_option_names_yaml_reads_as_numbers_are_checked_as_text(tmp_path):
+    """An environment property named 1000 (digits are letters and digits enough,
+    https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/environments-cfg-softwaresettings.html)
+    is YAML's integer: the check reads it as the text Beanstalk gets, and a static files path
+    without its / is named (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-general.html#command-options-general-environmentproxystaticfiles)."""
+    rehearsal = load_script("rehearse-deploy")
+    staging = tmp_path / "staging"
+    (staging / ".ebextensions").mkdir(parents=True)
+    (staging / "static").mkdir()
+    (staging / ".ebextensions/01.config").write_text(
+        "option_settings:\n  aws:elasticbeanstalk:application:environment:\n    1000: x\n")
+    options, _, _ = rehearsal.load_ebextensions(staging)
+    assert options["aws:elasticbeanstalk:application:environment"] == {"1000": "x"}
+    (staging / ".ebextensions/01.config").write_text(
+        "option_settings:\n  aws:elasticbeanstalk:environment:proxy:staticfiles:\n    2024: static\n")
+    with pytest.raises(rehearsal.RehearsalError, match="'2024': the option name is the URL path the proxy "
+                                                        "serves and starts with /, e.g. /2024"):
+        rehearsal.load_ebextensions(staging)
+
+
 def test_option_checks_want_a_port_number_in_port():
     """PORT is the port nginx forwards requests to
     (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.proxy.html); the
