@@ -1,6 +1,7 @@
 """How requests fail, and what they leave behind, when code or the database misbehaves."""
 
 import json
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -342,4 +343,37 @@ def test_a_read_past_db_read_timeout_answers_503_after_one_wait(db_env, mysql_se
     assert requests.get(server.url + "/api/users", timeout=10).status_code == 200
     pool = requests.get(server.url + "/health/ready", timeout=10).json()["pool"]
     assert pool["closed"] == 1  # the timed-out session only
+    assert "Traceback" not in server.output()
+
+
+def aborted_clients(server) -> int:
+    return int(server.sql(["SHOW GLOBAL STATUS LIKE 'Aborted_clients'"])[0][1])
+
+
+def test_a_stopped_gunicorn_drains_its_requests_and_says_goodbye_to_the_database(
+        own_server, own_env, slow_gunicorn):
+    """SIGTERM, as a deploy or a scale-in sends it: the request in flight is answered, and every
+    pooled connection is closed with COM_QUIT. A socket dropped at exit is an aborted client to
+    the server (Aborted_clients, and an "Aborted connection ... Got an error reading
+    communication packets" warning in its log per connection, on every deploy)."""
+    server = slow_gunicorn({**own_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4",
+                            "DB_POOL_SIZE": "4"})
+    database = own_env["RDS_DB_NAME"]
+    with ThreadPoolExecutor(8) as clients:  # both workers open several connections
+        assert set(clients.map(lambda _: requests.get(server.url + "/_test/sleep?s=0.05",
+                                                      timeout=30).status_code, range(64))) == {200}
+    opened = own_server.sql([f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{database}'"])
+    assert opened[0][0] >= 2
+    before = aborted_clients(own_server)
+    with ThreadPoolExecutor(1) as client:
+        in_flight = client.submit(requests.get, server.url + "/_test/sleep?s=1.5", timeout=30)
+        connection_running(own_server, database, "INFO LIKE 'SELECT SLEEP%'")
+        server.process.send_signal(signal.SIGTERM)
+        assert in_flight.result().status_code == 200  # drained, not cut off
+    assert server.process.wait(60) == 0
+    deadline = time.monotonic() + 10  # the server ends a session once its thread reads the close
+    while own_server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}'"]):
+        assert time.monotonic() < deadline, "the workers' connections outlived them"
+        time.sleep(0.05)
+    assert aborted_clients(own_server) - before == 0
     assert "Traceback" not in server.output()
