@@ -129,6 +129,35 @@ def test_recently_used_connection_that_died_is_retried_for_reads(db_env, mysql_s
     lease.release()
 
 
+@pytest.mark.parametrize("use_pure", [False, True], ids=["c-extension", "pure-python"])
+def test_a_connection_killed_before_its_first_parameter_is_replaced_not_a_500(db_env, mysql_server, use_pure):
+    """A connection that served only statements without parameters (/health/ready's read, say)
+    and then died: its first statement with parameters reads as a lost connection on both
+    protocols. The pure-Python cursor (DB_SSL_MODE=verify-ca) looked the session's sql_mode up
+    right then, through a cursor whose ping failed, and raised ProgrammingError ("Failed
+    processing format-parameters; MySQL Connection not available"): a 500, and the dead
+    connection went back to the pool for the next request to fail the same way."""
+    settings = load_settings(db_env)
+    opener = ConnectionOpener(settings, StaticPassword(settings.user, settings.password.get_secret_value()),
+                              use_pure=use_pure)
+    pool = ConnectionPool(opener, size=1, timeout=0.5, max_lifetime=1800, idle_ping=3600)
+    try:
+        lease = pool.borrow()
+        assert lease.query("SELECT 1 AS one") == [{"one": 1}]
+        kill(mysql_server, lease.connection_id)
+        with pytest.raises(DatabaseUnavailable):  # a write is not retried
+            lease.execute("INSERT INTO users (email, name) VALUES (%s, %s)", ("k@example.com", "K"))
+        lease.release()
+        assert pool.stats()["closed"] == 1  # discarded, not pooled
+        lease = pool.borrow()  # a new connection: it has run no statement of its own yet
+        kill(mysql_server, lease.connection_id)
+        assert lease.query("SELECT %s AS n", (5,)) == [{"n": 5}]  # a read is retried
+        lease.release()
+        assert pool.stats()["opened"] == 3 and pool.stats()["closed"] == 2
+    finally:
+        pool.dispose()
+
+
 def test_write_on_a_dead_connection_is_not_retried(db_env, mysql_server):
     pool = make_pool(db_env, size=1, idle_ping=3600)
     lease = pool.borrow()

@@ -306,20 +306,27 @@ class ConnectionPool:
         return conn
 
     def _on_connect(self, dbapi_conn, record) -> None:
-        """Learn how long the server lets this session idle (@@wait_timeout) before it closes it.
+        """Learn how long the server lets this session idle (@@wait_timeout) before it closes it,
+        and its sql_mode.
 
         The server, not DB_POOL_IDLE_PING, decides when an idle session dies; a connection
-        the server closed would fail the next write (writes are not retried). The buffered
-        cursor made here is the one Lease reuses, so this costs one round trip per
-        connection, not per borrow.
+        the server closed would fail the next write (writes are not retried). The pure-Python
+        cursor escapes parameters by the session's sql_mode, which the driver otherwise looks
+        up at the connection's first statement with parameters, through a cursor of its own:
+        on a connection lost by then that lookup fails as ProgrammingError ("Failed processing
+        format-parameters"), which is no connection error, so the dead connection would answer
+        500 and go back to the pool. Read here, it is known from the start (`_sql_mode`, the
+        attribute the driver caches it in; the driver is pinned). The buffered cursor made here
+        is the one Lease reuses, so this costs one round trip per connection, not per borrow.
         """
         self._connections.add(dbapi_conn)
         record.info[_OPENED_AT] = record.info[_RETURNED_AT] = time.monotonic()
         limit = self.idle_ping
         try:
             cursor = record.info[_CURSOR] = dbapi_conn.cursor(buffered=True)
-            cursor.execute("SELECT @@session.wait_timeout")
-            (wait_timeout,) = cursor.fetchone()
+            cursor.execute("SELECT @@session.wait_timeout, @@session.sql_mode")
+            wait_timeout, sql_mode = cursor.fetchone()
+            dbapi_conn._sql_mode = sql_mode
             limit = min(limit, float(wait_timeout) * WAIT_TIMEOUT_SHARE)
         except (mysql.connector.Error, TypeError, ValueError) as err:
             log.warning("could not read the server's wait_timeout: %s", err,
