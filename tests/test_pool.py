@@ -158,6 +158,36 @@ def test_a_connection_killed_before_its_first_parameter_is_replaced_not_a_500(db
         pool.dispose()
 
 
+@pytest.mark.parametrize("use_pure", [False, True], ids=["c-extension", "pure-python"])
+def test_a_connection_lost_while_the_pool_sets_it_up_is_replaced_not_handed_out(db_env, mysql_server,
+                                                                                use_pure):
+    """The server drops a new connection between its login and the pool's first query on it
+    (a restart, a failover): that query fails, and the connection was handed out all the same,
+    dead, to fail the request it was borrowed for (the pure-Python protocol: with a 500)."""
+    settings = load_settings(db_env)
+    opener = ConnectionOpener(settings, StaticPassword(settings.user, settings.password.get_secret_value()),
+                              use_pure=use_pure)
+    killed = []
+
+    def creator():  # the real opener; the first connection is killed right after its login
+        conn = opener()
+        if not killed:
+            killed.append(conn.connection_id)
+            kill(mysql_server, conn.connection_id)
+        return conn
+
+    pool = ConnectionPool(creator, size=1, timeout=0.5, max_lifetime=1800, idle_ping=3600)
+    try:
+        lease = pool.borrow()
+        assert lease.connection_id != killed[0]
+        lease.execute("INSERT INTO users (email, name) VALUES (%s, %s)", ("s@example.com", "S"))
+        assert lease.query("SELECT name FROM users WHERE email = %s", ("s@example.com",)) == [{"name": "S"}]
+        lease.release()
+        assert pool.stats()["opened"] == 2 and pool.stats()["closed"] == 1
+    finally:
+        pool.dispose()
+
+
 def test_write_on_a_dead_connection_is_not_retried(db_env, mysql_server):
     pool = make_pool(db_env, size=1, idle_ping=3600)
     lease = pool.borrow()

@@ -329,8 +329,14 @@ class ConnectionPool:
             dbapi_conn._sql_mode = sql_mode
             limit = min(limit, float(wait_timeout) * WAIT_TIMEOUT_SHARE)
         except (mysql.connector.Error, TypeError, ValueError) as err:
-            log.warning("could not read the server's wait_timeout: %s", err,
-                        extra={"event": "db_wait_timeout_unknown"})
+            if isinstance(err, mysql.connector.Error) and is_connection_error(err):
+                # Lost between its login and this query (a restart, a failover): never handed
+                # out. Stamped as opened before any suspect_all, the checkout replaces it.
+                log.info("new connection lost before use; replacing it", extra={"event": "db_stale"})
+                record.info[_OPENED_AT] = float("-inf")
+            else:
+                log.warning("could not read the server's wait_timeout: %s", err,
+                            extra={"event": "db_wait_timeout_unknown"})
         record.info[_IDLE_LIMIT] = limit
 
     def _on_checkout(self, dbapi_conn, record, _proxy) -> None:
