@@ -5,6 +5,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import mysql.connector
 import pytest
 import requests
 from flask import Blueprint, jsonify
@@ -377,3 +378,61 @@ def test_a_stopped_gunicorn_drains_its_requests_and_says_goodbye_to_the_database
         time.sleep(0.05)
     assert aborted_clients(own_server) - before == 0
     assert "Traceback" not in server.output()
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """A server whose storage is a fixed 12 MB (no autoextend, tables inside it): it fills up,
+    as an RDS instance's allocated storage does."""
+    server = localdb.LocalServer(basedir=tmp_path_factory.mktemp("small-db"), extra_args=[
+        "--innodb-data-file-path=ibdata1:12M", "--innodb-file-per-table=0"]).start()
+    yield server
+    server.remove()
+
+
+def fill(env) -> int:
+    """Insert rows until the server refuses for want of space; returns that errno.
+
+    Keys ascend (ids, and emails below the probe's "zz..."), so each insert goes to the last
+    page of each index: once a row of the smallest size is refused, no larger row at a later
+    key fits either.
+    """
+    conn = connect(env)
+    refused = None
+    try:
+        cur = conn.cursor()
+        for name in ("F" * 100, "F"):
+            for batch in (200, 20, 1):  # a refused batch is rolled back: then smaller ones
+                try:
+                    while True:
+                        cur.executemany("INSERT INTO users (email, name) VALUES (%s, %s)",
+                                        [(f"fill-{time.time_ns()}-{n:03d}@example.com", name)
+                                         for n in range(batch)])
+                except mysql.connector.Error as err:
+                    refused = err.errno
+        return refused
+    finally:
+        conn.close()
+
+
+def test_a_database_out_of_space_answers_503_and_keeps_the_connection(small_server, capsys):
+    """Storage full (MySQL/MariaDB 1114, "The table 'users' is full"): a write cannot be stored,
+    which is the database's state, not the client's request nor a bug: 503 with Retry-After,
+    logged with its errno; the session is fine and stays pooled; reads go on."""
+    with fresh_database(small_server) as env:
+        app = create_app(env)
+        client = app.test_client()
+        assert client.get("/api/users").status_code == 200  # the pool's connection, before
+        assert fill(env) == 1114
+        capsys.readouterr()
+        response = client.post("/api/users", json={"email": "zz-full-1@example.com", "name": "Full"})
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5", response.text
+        assert response.get_json()["error"]["code"] == "database_unavailable"
+        out = capsys.readouterr().out
+        logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert [r["errno"] for r in logged if r.get("event") == "db_unavailable"] == [1114]
+        assert "Traceback" not in out and "unhandled_error" not in out
+        assert client.get("/api/users?limit=1").status_code == 200
+        pool = app.extensions["database"].pool.stats()
+        assert pool["opened"] == 1 and pool["closed"] == 0  # the same connection all along
+        app.extensions["database"].dispose()

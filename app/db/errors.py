@@ -142,6 +142,21 @@ def was_not_applied(error: BaseException) -> bool:
 
 _READ_ONLY_ERRNOS = {1290, 1836}
 
+
+def is_out_of_space(error: BaseException) -> bool:
+    """True when the server could not store a write for want of space: its storage is full.
+
+    RDS's allocated storage filled up (an instance left running long enough, binary logs, a
+    temporary table): InnoDB refuses with 1114 (ER_RECORD_FILE_FULL, "The table 'users' is
+    full"; measured here on a fixed-size tablespace), MariaDB's engines with 1021
+    (ER_DISK_FULL), a file write with 1026 (ER_ERROR_ON_WRITE). The statement is rolled back
+    and the session is fine; nothing the client sent, nor the code, is at fault.
+    """
+    return getattr(error, "errno", None) in _OUT_OF_SPACE_ERRNOS
+
+
+_OUT_OF_SPACE_ERRNOS = {1021, 1026, 1114}
+
 # The pure-Python protocol's own timeouts: it closes the session after either.
 _TIMEOUTS = (mysql.connector.errors.ReadTimeoutError, mysql.connector.errors.WriteTimeoutError)
 

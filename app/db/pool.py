@@ -34,8 +34,8 @@ except ImportError:  # pragma: no cover - the pinned driver ships it for this pl
     CMySQLConnection = None
 
 from app.db.errors import (DatabaseUnavailable, PoolTimeout, StatementTimeout, gave_up,
-                           is_connection_error, is_read_only, misconfiguration, timed_out,
-                           was_not_applied)
+                           is_connection_error, is_out_of_space, is_read_only, misconfiguration,
+                           timed_out, was_not_applied)
 
 log = logging.getLogger(__name__)
 
@@ -528,6 +528,8 @@ class Lease:
         if is_read_only(err):  # connected to a reader, or a writer mid-failover
             self._discard()
             raise DatabaseUnavailable("the database is read-only") from err
+        if is_out_of_space(err):  # storage full: the connection is fine, the write is not stored
+            raise DatabaseUnavailable("the database is out of space") from err
         misconfigured = misconfiguration(err)  # a missing grant: the connection itself is fine
         if misconfigured is not None:
             raise misconfigured from err
