@@ -431,3 +431,49 @@ def test_foreign_host_and_odd_request_ids_are_not_reflected(served):
     assert status == 200 and json.loads(body)["data"][0]["email"] == SEED["email"]
     assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # a fresh id, not theirs
     assert b"evil.example" not in answer and b"<script>" not in answer
+
+
+def test_a_user_deleted_as_soon_as_it_exists_never_makes_its_create_a_500(db_env, start_gunicorn):
+    """Ids are sequential, so a client can DELETE the next one while another creates it.
+
+    The create must answer 201 with the user it stored, never the 500 of a read-back that
+    finds no row.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"})
+    latest = [0]
+    done = threading.Event()
+    deleted = []
+
+    def delete_the_next_ids(offset):
+        with requests.Session() as session:
+            while not done.is_set():
+                response = session.delete(f"{server.url}/api/users/{latest[0] + offset}", timeout=10)
+                assert response.status_code in (204, 404), response.text
+                if response.status_code == 204:
+                    deleted.append(latest[0] + offset)
+
+    failures = []
+    with ThreadPoolExecutor(4) as pool:
+        deleters = [pool.submit(delete_the_next_ids, offset) for offset in (1, 1, 2, 2)]
+        try:
+            with requests.Session() as session:
+                for i in range(200):
+                    response = session.post(f"{server.url}/api/users",
+                                            json={"email": f"gone{i}@example.com", "name": "G"},
+                                            timeout=10)
+                    if response.status_code != 201:
+                        failures.append((i, response.status_code, response.text))
+                        break
+                    latest[0] = response.json()["id"]
+        finally:
+            done.set()
+            for deleter in deleters:
+                deleter.result()
+    assert failures == [], failures
+    assert deleted  # the deleters did reach users right after their creation
+    assert "Traceback" not in server.output()

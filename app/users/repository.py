@@ -34,6 +34,16 @@ def get_user(db: Lease, user_id: int) -> dict[str, Any] | None:
 
 
 def create_user(db: Lease, *, email: str, name: str) -> dict[str, Any]:
+    """Insert and read the row back in one transaction: ids are sequential, and a DELETE of
+    the next id that came between an autocommitted INSERT and its read left no row to return.
+    The new row's lock makes such a DELETE wait for the COMMIT. On an error the lease rolls
+    the transaction back when it is released.
+
+    READ WRITE: a read-only server (a writer mid-failover) refuses the START itself (1290),
+    outside any transaction, so the lease retries it once on a fresh connection as it would
+    the INSERT; a plain START would succeed there and leave the INSERT's refusal unretried.
+    """
+    db.execute("START TRANSACTION READ WRITE")
     try:
         _, user_id = db.execute("INSERT INTO users (email, name) VALUES (%s, %s)", (email, name))
     except IntegrityError as err:
@@ -41,6 +51,7 @@ def create_user(db: Lease, *, email: str, name: str) -> dict[str, Any]:
             raise EmailTaken(email) from None
         raise
     user = get_user(db, user_id)
+    db.execute("COMMIT")
     assert user is not None
     return user
 
