@@ -37,7 +37,8 @@ _COMMON = {"401": {**_error("No valid API key (API_AUTH writes or all)."),
            "503": _error("Database busy or unavailable.", retry=True),
            "500": _error("Unexpected error.")}
 _BODY = {"400": _error("Body is not valid JSON."), "413": _error("Body too large."),
-         "415": _error("Body is not application/json."), "422": _error("Body fails validation.")}
+         "415": _error("Body is not application/json, or has a Content-Encoding."),
+         "422": _error("Body fails validation.")}
 # app/users/routes.py's IdConverter: anything else in the path is 404 not_found.
 _ID = [{"name": "user_id", "in": "path", "required": True,
         "schema": {"type": "integer", "minimum": 1, "maximum": ID_MAX}}]

@@ -15,10 +15,18 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_body(model: type[M]) -> M:
-    """Validate a JSON body: 415 if it is not JSON, 400 if it does not parse, 422 if invalid."""
+    """Validate a JSON body: 415 if it is not JSON or is encoded, 400 if it does not parse,
+    422 if invalid."""
     if request.mimetype != "application/json":
         raise APIError(415, "unsupported_media_type",
                        "Send the body as JSON with Content-Type: application/json.")
+    if (request.content_encoding or "identity").strip().lower() != "identity":
+        # Nothing here decodes a content coding: a gzipped body would read as invalid JSON, and
+        # one that claims br but is plain would be stored. 415 (RFC 9110 8.4), and the one
+        # coding taken (RFC 7694).
+        raise APIError(415, "unsupported_media_type",
+                       "Send the body uncompressed: Content-Encoding is not supported.",
+                       headers={"Accept-Encoding": "identity"})
     raw = _read_body()
     try:
         parsed = model.model_validate_json(raw)

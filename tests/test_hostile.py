@@ -12,6 +12,7 @@ Choices these tests pin down (README, "Errors"):
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import socket
@@ -324,6 +325,7 @@ def chunked(*parts: bytes) -> bytes:
 
 JSON = {"Content-Type": "application/json"}
 PADDED = b'{"email": "chunk@example.com", "name": "x"}' + b" " * (20 * 1024)  # valid if cut at 16 KiB
+GZIPPED = gzip.compress(b'{"email": "gzip@example.com", "name": "x"}')
 
 
 # (request bytes, expected status, expected code: None where gunicorn refuses the request
@@ -378,6 +380,15 @@ SERVER_REJECTED = [
     R(http("POST", "/api/users", {**JSON, "Transfer-Encoding": "chunked"},
            chunked(b'{"email": "dup@example.com", "name": "a",', b' "name": "b"}')), 400, "invalid_json",
       id="chunked-duplicate-key"),
+    # A content coding the app does not decode: the body is not read as if it had none (RFC 9110
+    # 8.4: 415), whether it is compressed (which read as invalid JSON) or not (which was stored).
+    R(http("POST", "/api/users", {**JSON, "Content-Encoding": "br", "Content-Length": "40"},
+           b'{"email": "br@example.com", "name": "x"}'), 415, "unsupported_media_type",
+      id="content-encoding-br-on-plain-json"),
+    R(http("PATCH", "/api/users/1", {**JSON, "Content-Encoding": "deflate", "Content-Length": "15"},
+           b'{"name": "Eve"}'), 415, "unsupported_media_type", id="content-encoding-deflate-patch"),
+    R(http("POST", "/api/users", {**JSON, "Content-Encoding": "gzip", "Content-Length": str(len(GZIPPED))},
+           GZIPPED), 415, "unsupported_media_type", id="content-encoding-gzip"),
 ]
 
 
