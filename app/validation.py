@@ -15,8 +15,14 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_body(model: type[M]) -> M:
-    """Validate a JSON body: 415 if it is not JSON or is encoded, 400 if it does not parse,
-    422 if invalid."""
+    """Validate a JSON body: 501 for a transfer coding but chunked, 415 if it is not JSON or is
+    encoded, 400 if it does not parse, 422 if invalid."""
+    codings = request.headers.get("Transfer-Encoding")
+    if codings and any(c.strip().lower() not in ("chunked", "identity") for c in codings.split(",")):
+        # gunicorn refuses unknown transfer codings (501) but takes gzip, deflate and compress
+        # before chunked, removes only the chunking and hands on the body still coded.
+        raise APIError(501, "not_implemented",
+                       "The request uses an unsupported transfer coding or method.")
     if request.mimetype != "application/json":
         raise APIError(415, "unsupported_media_type",
                        "Send the body as JSON with Content-Type: application/json.")

@@ -356,6 +356,15 @@ SERVER_REJECTED = [
     # RFC 9112 6.1: an unknown transfer coding gets 501 (nginx answers the same in front).
     R(http("POST", "/api/users", {**JSON, "Transfer-Encoding": "rot13"}, b"{}"), 501, None,
       id="unknown-transfer-coding"),
+    # gunicorn takes gzip, deflate and compress before chunked, removes only the chunking and
+    # passes the rest on still coded: the app answers as nginx does in front.
+    R(http("POST", "/api/users", {**JSON, "Transfer-Encoding": "gzip, chunked"},
+           chunked(b'{"email": "te-gzip@example.com", "name": "x"}')), 501, "not_implemented",
+      id="gzip-transfer-coding-on-plain-json"),
+    R(http("PATCH", "/api/users/1", {**JSON, "Transfer-Encoding": "deflate, chunked"},
+           chunked(b'{"name": "Eve"}')), 501, "not_implemented", id="deflate-transfer-coding-patch"),
+    R(http("POST", "/api/users", {**JSON, "Transfer-Encoding": "gzip, chunked"}, chunked(GZIPPED)), 501,
+      "not_implemented", id="gzip-transfer-coding"),
     R(http("GET", "/api/users%0d%0aSet-Cookie:%20s=1"), 404, "not_found", id="encoded-crlf-in-path"),
     R(http("GET", "/api/users/%ED%A0%80"), 404, "not_found", id="encoded-surrogate-in-path"),
     R(http("GET", "/api/users?limit=%ff"), 400, "invalid_parameter", id="invalid-utf8-in-query"),
