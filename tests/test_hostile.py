@@ -206,6 +206,16 @@ REJECTED = [
       "validation_error", id="nul-in-email"),
     R("POST", "/api/users", {"email": "ADA@example.com", "name": "x"}, "application/json", 409,
       "email_taken", id="seed-email-other-case"),
+    # A name with the address (RFC 5322's name-addr): pydantic's EmailStr keeps the address and
+    # drops the rest; '<' and '>' are never part of an address, so the whole is refused.
+    R("POST", "/api/users", {"email": "Mallory <mallory@example.com>", "name": "x"}, "application/json",
+      422, "validation_error", id="name-and-address-as-email"),
+    R("POST", "/api/users", {"email": '"Ada Lovelace" <ada@example.com>', "name": "x"}, "application/json",
+      422, "validation_error", id="quoted-name-and-seed-address-as-email"),
+    R("POST", "/api/users", {"email": "<angle@example.com>", "name": "x"}, "application/json", 422,
+      "validation_error", id="angle-brackets-around-email"),
+    R("PATCH", "/api/users/1", {"email": "Eve <eve@example.com>"}, "application/json", 422,
+      "validation_error", id="patch-name-and-address-as-email"),
     # Content types.
     R("POST", "/api/users", '{"email": "c1@example.com", "name": "x"}', "text/plain", 415,
       "unsupported_media_type", id="text-plain"),

@@ -30,7 +30,18 @@ def _clean_name(value: str) -> str:
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX),
                  AfterValidator(_clean_name)]
-Email = Annotated[EmailStr, Field(max_length=254)]
+
+
+def _bare_address(value: object) -> object:
+    """An address alone: EmailStr would take `Mallory <ada@example.com>` (or `<ada@...>`) as
+    ada@example.com and drop the rest. '<' and '>' are never part of an address."""
+    if isinstance(value, str) and ("<" in value or ">" in value):
+        raise ValueError("must be an address alone, such as ada@example.com, without a name "
+                         "or angle brackets")
+    return value
+
+
+Email = Annotated[EmailStr, BeforeValidator(_bare_address), Field(max_length=254)]
 
 # Ids are BIGINT UNSIGNED.
 ID_MAX = 2**64 - 1
