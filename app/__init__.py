@@ -17,13 +17,19 @@ from werkzeug.exceptions import NotFound
 MAX_BODY_BYTES = 16 * 1024
 
 
-class DoubledLeadingSlashNotFound:
-    """WSGI middleware: a path that starts with `//` is not found (404 `not_found`, from the
-    error table), like any other path with doubled slashes.
+class RoutingGuards:
+    """WSGI middleware: what Werkzeug's router would make of a request before it matches.
 
-    Werkzeug's router strips leading slashes before it matches, so without this `//api/users`
-    would be `/api/users` while `/api//users` is not found. Requests with a plain path pay one
-    startswith.
+    A path that starts with `//` is not found (404 `not_found`, from the error table), like any
+    other path with doubled slashes: the router strips leading slashes, so without this
+    `//api/users` would be `/api/users` while `/api//users` is not found.
+
+    An `Upgrade` header is ignored (RFC 9110 7.8 allows it; nothing here speaks WebSocket).
+    With `Upgrade: websocket` and `Connection: upgrade`, which Beanstalk's nginx sends on every
+    request, the router matches ws:// rules only, and there are none: GET /api/users/1 answered
+    405 with an Allow that left GET out, /health 400.
+
+    Requests with a plain path and no Upgrade pay one startswith and one lookup.
     """
 
     def __init__(self, app: Flask):
@@ -31,6 +37,8 @@ class DoubledLeadingSlashNotFound:
         self.wsgi_app = app.wsgi_app
 
     def __call__(self, environ, start_response):
+        if "HTTP_UPGRADE" in environ:
+            del environ["HTTP_UPGRADE"]
         if environ.get("PATH_INFO", "").startswith("//"):
             with self.app.request_context(environ):
                 response = self.app.make_response(self.app.handle_user_exception(NotFound()))
@@ -63,7 +71,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     # from the request's Host header; a path with doubled slashes is simply not found, leading
     # ones too (the middleware: the router would strip them).
     app.url_map.merge_slashes = False
-    app.wsgi_app = DoubledLeadingSlashNotFound(app)  # inside logs' middleware: the 404 gets its request id
+    app.wsgi_app = RoutingGuards(app)  # inside logs' middleware: the 404 gets its request id
     logs.init_app(app)  # first, so that what reading the settings logs is JSON too
 
     settings = load_settings(environ)

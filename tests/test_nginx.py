@@ -353,3 +353,27 @@ def test_an_app_that_does_not_answer_gets_json_502_and_504_from_nginx(tmp_path):
         with nginx_in_front_of(silent.getsockname()[1], tmp_path / "slow", ready_path=None, edit=shorter) as base:
             from_nginx(raw(base, b"GET /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
                        504, "app_timeout")
+
+
+def test_an_upgrade_header_is_ignored_not_routed_as_a_websocket(proxied):
+    """Beanstalk's nginx sends `Connection: upgrade` on every request (its map's default), so a
+    client's `Upgrade: websocket` alone made Werkzeug match the request as ws://, which no
+    route serves: a GET answered 405 with an Allow that left GET out, /health 400. Nothing here
+    speaks WebSocket; RFC 9110 7.8 lets a server ignore Upgrade, and the app does."""
+    created = requests.post(proxied + "/api/users", json={"email": "ws@example.com", "name": "W"})
+    assert created.status_code == 201
+    url = proxied + created.headers["Location"]
+    upgrade = {"Upgrade": "websocket"}
+    for method, target, body, status in (
+            ("GET", url, None, 200), ("GET", proxied + "/api/users", None, 200),
+            ("HEAD", url, None, 200), ("PATCH", url, {"name": "Wes"}, 200),
+            ("GET", proxied + "/health", None, 200), ("GET", proxied + "/openapi.json", None, 200),
+            ("DELETE", url, None, 204)):
+        response = requests.request(method, target, json=body, headers=upgrade, timeout=10)
+        assert response.status_code == status, (method, target, response.status_code, response.text)
+        assert "X-Request-Id" in response.headers
+    assert requests.get(url, timeout=10).status_code == 404  # the DELETE did delete
+    # A wrong method still names the right ones.
+    response = requests.put(url, json={"name": "x"}, headers=upgrade, timeout=10)
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"}
