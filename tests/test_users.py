@@ -226,3 +226,26 @@ def test_sql_in_input_is_data(client):
     user = create(client, "o'brien@example.com", "Robert'); DROP TABLE users;--")
     assert client.get(f"/api/users/{user['id']}").get_json()["name"] == "Robert'); DROP TABLE users;--"
     assert len(client.get("/api/users").get_json()["data"]) == 1
+
+
+@pytest.mark.parametrize("query, field, says", [
+    ("after=" + "9" * 5000, "after", "less than or equal to 18446744073709551615"),
+    ("after=" + "0" * 30 + "18446744073709551616", "after", "less than or equal to 18446744073709551615"),
+    ("limit=" + "1" * 25, "limit", "less than or equal to 100"),
+    ("limit=1%2B1", "limit", "digits 0-9"),
+])
+def test_a_number_too_large_is_refused_as_too_large(client, query, field, says):
+    """Leading zeros are allowed in the query (limit=010 is 10); digits past the twentieth
+    only make a number larger than any parameter takes, and the message says that, not that
+    they are not digits."""
+    error = assert_error(client.get(f"/api/users?{query}"), 400, "invalid_parameter")
+    assert [d["field"] for d in error["details"]] == [field]
+    assert says in error["details"][0]["message"], error
+
+
+def test_zero_padded_numbers_read_as_their_value_however_long(client):
+    ids = [create(client, f"z{i}@example.com", "Z")["id"] for i in range(3)]
+    assert client.get("/api/users?limit=002").get_json()["next_after"] == ids[1]
+    page = client.get(f"/api/users?after={ids[0]:030d}&limit={2:025d}")
+    assert page.status_code == 200, page.get_json()
+    assert [u["id"] for u in page.get_json()["data"]] == ids[1:]

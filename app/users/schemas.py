@@ -45,15 +45,20 @@ Email = Annotated[EmailStr, BeforeValidator(_bare_address), Field(max_length=254
 
 # Ids are BIGINT UNSIGNED.
 ID_MAX = 2**64 - 1
-_DIGITS = re.compile(r"[0-9]{1,20}")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _ascii_digits(value: object) -> object:
-    """Query numbers are plain digits: int() would also take ' 1', '1_0' and '١٠'."""
+    """Query numbers are plain digits: int() would also take ' 1', '1_0' and '١٠'.
+
+    Leading zeros count for nothing (limit=010 is 10). Past 20 significant digits a number is
+    above every parameter's maximum: 21 of them are enough for the range check to say so,
+    without building a 5000-digit int.
+    """
     if isinstance(value, str):
         if not _DIGITS.fullmatch(value):
             raise ValueError("must be a whole number written with the digits 0-9")
-        return int(value)
+        return int(value.lstrip("0")[:21] or "0")
     return value
 
 
