@@ -45,6 +45,10 @@ max_requests = 0
 accesslog = "-"
 errorlog = "-"
 forwarded_allow_ips = "127.0.0.1"  # trust X-Forwarded-* only from the local nginx
+# Of those, only the one the load balancer sets (and overwrites): X-Forwarded-Ssl and
+# X-Forwarded-Protocol come from the client as it sent them, and gunicorn's default trusts
+# all three and answers its own HTML 400 when they disagree.
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
 # Request line and header limits above nginx's (01_api.conf: lines of 8000 bytes, four buffers
 # of header lines, which hold at most about 11,000 lines of three bytes), so that behind nginx it
 # is nginx that refuses an oversized request, as JSON. Run alone (scripts/run-local), gunicorn

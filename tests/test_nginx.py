@@ -377,3 +377,20 @@ def test_an_upgrade_header_is_ignored_not_routed_as_a_websocket(proxied):
     response = requests.put(url, json={"name": "x"}, headers=upgrade, timeout=10)
     assert response.status_code == 405
     assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"}
+
+
+def test_scheme_headers_a_client_adds_do_not_get_gunicorns_html_400(proxied):
+    """The load balancer sets X-Forwarded-Proto; X-Forwarded-Ssl and X-Forwarded-Protocol
+    are the client's own, passed on by it and by nginx. gunicorn trusts all three from nginx
+    by default and refuses a request whose three disagree with its own HTML 400
+    ('Contradictory scheme headers'), on every route: gunicorn.conf.py trusts only the one
+    the load balancer sets."""
+    for extra in ({"X-Forwarded-Ssl": "on"}, {"X-Forwarded-Ssl": "off"},
+                  {"X-Forwarded-Protocol": "ssl"}, {"X-Forwarded-Protocol": "x"}):
+        for proto in ("http", "https"):
+            headers = {"X-Forwarded-Proto": proto, **extra}
+            for path, status in (("/api/users", 200), ("/api/users/1", 404), ("/health", 200)):
+                response = requests.get(proxied + path, headers=headers, timeout=10)
+                assert response.status_code == status, (headers, path, response.text[:300])
+                assert response.headers["Content-Type"].startswith("application/json"), headers
+                assert "X-Request-Id" in response.headers  # the app answered
