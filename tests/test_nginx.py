@@ -394,3 +394,16 @@ def test_scheme_headers_a_client_adds_do_not_get_gunicorns_html_400(proxied):
                 assert response.status_code == status, (headers, path, response.text[:300])
                 assert response.headers["Content-Type"].startswith("application/json"), headers
                 assert "X-Request-Id" in response.headers  # the app answered
+
+
+def test_methods_gunicorn_would_refuse_get_nginx_json_501(proxied):
+    """nginx passes any method of capitals, '_' and '-'; gunicorn refuses one shorter than 3 or
+    longer than 20 characters with its own HTML 400. nginx answers those itself, as JSON (the
+    method is not implemented); the lengths gunicorn takes still reach the app."""
+    end = b" /api/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for method in (b"M", b"AB", b"A" * 21, b"PROPFIND_" + b"X" * 30):
+        from_nginx(raw(proxied, method + end), 501, "not_implemented")
+        from_nginx(raw(proxied, method + end.replace(b"/api/users", b"/health")), 501, "not_implemented")
+    for method in (b"ABC", b"A" * 20, b"FOO_BAR"):
+        assert from_app(raw(proxied, method + end))["code"] == "method_not_allowed"
+    from_nginx(raw(proxied, b"TRACE" + end), 405, "method_not_allowed")
