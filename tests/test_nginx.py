@@ -407,3 +407,19 @@ def test_methods_gunicorn_would_refuse_get_nginx_json_501(proxied):
     for method in (b"ABC", b"A" * 20, b"FOO_BAR"):
         assert from_app(raw(proxied, method + end))["code"] == "method_not_allowed"
     from_nginx(raw(proxied, b"TRACE" + end), 405, "method_not_allowed")
+
+
+def test_http_0_9_is_not_served(proxied):
+    """A request line without a version is HTTP/0.9, which nginx serves as a bare body with no
+    status line or headers: the users themselves, though only HTTP/1.0 and 1.1 are served
+    here (gunicorn alone refuses it, test_hostile). nginx answers its 505 instead, which in
+    HTTP/0.9 is the JSON body alone."""
+    from test_hostile import exchange
+
+    requests.post(proxied + "/api/users", json={"email": "old@example.com", "name": "Old"})
+    for path in (b"/api/users", b"/api/users/1", b"/health"):
+        answer = exchange(proxied, b"GET " + path + b"\r\n")
+        assert json.loads(answer) == {"error": {
+            "code": "http_version_not_supported",
+            "message": "Only HTTP/1.0 and HTTP/1.1 are served here."}}, answer[:300]
+    assert requests.get(proxied + "/api/users/1", timeout=10).json()["email"] == "old@example.com"
