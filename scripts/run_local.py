@@ -73,12 +73,19 @@ def check_port(raw: str) -> None:
     """Stop at once when the port is taken, naming one that is free.
 
     gunicorn would find out only after the database, migrations and seed, then retry five
-    times and exit with lines that do not say what to do. An invalid PORT is left to
-    gunicorn.conf.py, which names the variable and the range.
+    times and exit with lines that do not say what to do. An invalid PORT is refused here with
+    gunicorn.conf.py's words, before a database is started and "serving on" printed.
     """
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535 or not port_taken(int(raw)):
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise SystemExit(f"run-local: PORT={raw!r} is invalid: expected an integer from 1 to 65535 "
+                         "(unset it for the default 8000)")
+    if not port_taken(port):
         return
-    free = next((p for p in range(int(raw) + 1, min(int(raw) + 100, 65536)) if not port_taken(p)), None)
+    free = next((p for p in range(port + 1, min(port + 100, 65536)) if not port_taken(p)), None)
     fix = f"PORT={free} ./scripts/run-local" if free else "PORT=<a free port> ./scripts/run-local"
     raise SystemExit(f"run-local: 127.0.0.1:{raw} is already in use (another run-local or server "
                      f"is listening there): stop it, or serve on another port: {fix}")

@@ -170,3 +170,15 @@ def test_run_local_says_which_port_to_use_when_its_port_is_taken(tmp_path):
     assert f"run-local: 127.0.0.1:{port} is already in use" in output, output
     assert re.search(r"PORT=\d+ \./scripts/run-local", output), output
     assert "serving on" not in output and "started a throwaway" not in output
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000"])
+def test_run_local_refuses_an_invalid_port_before_starting_anything(tmp_path, port):
+    """Before, an invalid PORT started the throwaway server, migrated, seeded, printed "serving
+    on http://127.0.0.1:abc" and only then failed in gunicorn.conf.py."""
+    proc, _, log = start_run_local(tmp_path, {"PORT": port})
+    assert proc.wait(60) == 1
+    output = log.read_text()
+    assert (f"run-local: PORT='{port}' is invalid: expected an integer from 1 to 65535 (unset it for "
+            "the default 8000)") in output, output
+    assert "started a throwaway" not in output and "serving on" not in output
