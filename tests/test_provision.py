@@ -1095,3 +1095,20 @@ def test_the_aws_commands_the_readme_quotes_exist():
     assert len(spans) >= 8
     for span in spans:
         assert not aws_cli_problems(span), (span, aws_cli_problems(span))
+
+
+@pytest.mark.parametrize("extra", [["--auth", "iam", "--dry-run"], ["--destroy"]])
+def test_no_aws_credentials_names_how_to_get_them(tmp_path, extra):
+    """./scripts/provision in a shell without AWS credentials (no keys, no profile, no instance
+    role): it printed botocore's "Unable to locate credentials" and nothing on what to do."""
+    env = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}/usr/bin:/bin", "HOME": str(tmp_path),
+           "LANG": "C.UTF-8", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    result = subprocess.run([str(ROOT / "scripts" / "provision"), "--db-instance", "appdb", "--region", REGION,
+                             *extra],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr == ("provision: ERROR: no AWS credentials found (no keys in the environment, no "
+                             "profile, no instance role): run `aws configure`, or `aws sso login --profile "
+                             "NAME` and export AWS_PROFILE=NAME, then run this again\n"), result.stderr
