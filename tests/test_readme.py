@@ -227,3 +227,16 @@ def test_doctor_sample_is_what_doctor_says_against_the_server_it_names(make_data
     [tcp] = [l for l in real if l.split()[1] == "tcp"]
     [sample_tcp] = [l for l in sample if l.split()[1] == "tcp"]
     assert tcp.endswith("(it does not offer TLS)") and sample_tcp.endswith("(it does not offer TLS)")
+
+
+def test_quick_start_dnf_line_does_not_ask_for_curl():
+    """Amazon Linux 2023 (and Fedora's minimal images) ship curl-minimal, which conflicts with
+    the package `curl`: `dnf install ... curl ...` then refuses the whole transaction ("package
+    curl-minimal conflicts with curl provided by curl", amazonlinux/amazon-linux-2023#150 and
+    #416), so neither Python 3.11 nor MariaDB got installed. curl-minimal's `curl` serves the
+    Try it block (HTTP only)."""
+    [row] = [line for line in README.splitlines() if line.startswith("| Amazon Linux 2023")]
+    [command] = re.findall(r"`(sudo dnf install [^`]+)`", row)
+    packages = command.split()[3:]
+    assert "python3.11" in packages and "curl" not in packages, command
+    assert "curl-minimal" in row  # says where curl comes from
