@@ -84,6 +84,9 @@ def beanstalk_environment() -> dict[str, str]:
     except FileNotFoundError:
         raise ConfigError(f"--from-beanstalk: no {command} here; it exists on Elastic Beanstalk "
                           "instances (eb ssh), where this is run with sudo") from None
+    except OSError as err:  # there, but this user may not run it
+        raise ConfigError(f"--from-beanstalk: cannot run {command} ({err.strerror or err}); run this "
+                          "with sudo on the instance") from None
     if result.returncode != 0:
         raise ConfigError(f"--from-beanstalk: `{command} environment` failed (exit "
                           f"{result.returncode}): {_flat(result.stderr)[:300]}; run it with sudo")

@@ -302,3 +302,17 @@ def test_iam_access_denied_names_the_resource_id_and_the_plugin(iam_server):  # 
     assert f"rds-db:connect on arn:aws:rds-db:<region>:<account>:dbuser:<DbiResourceId>/{IAM_USER}" in text
     assert "IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS'" in text
     assert other_key not in refused.stdout + refused.stderr and "X-Amz-Signature" not in refused.stdout
+
+
+def test_from_beanstalk_with_a_get_config_it_may_not_run_says_sudo(tmp_path):
+    """get-config there but not executable for this user (a copy without its mode, a mount with
+    noexec): subprocess's PermissionError went up as a traceback instead of the settings FAIL."""
+    get_config = tmp_path / "get-config"
+    get_config.write_text("#!/bin/sh\necho '{}'\n")
+    get_config.chmod(0o644)
+    result = run_doctor({"EB_GET_CONFIG": str(get_config)}, "--from-beanstalk")
+    assert "Traceback" not in result.stderr, result.stderr
+    checks = lines_of(result)
+    assert result.returncode == 1 and checks["settings"][0] == "FAIL"
+    assert (f"--from-beanstalk: cannot run {get_config} (Permission denied); run this with sudo on the "
+            "instance") in checks["settings"][1], checks["settings"]
