@@ -91,3 +91,22 @@ def test_a_virtualenv_without_pip_is_named_with_the_fix(tmp_path, script):
     assert "Traceback" not in result.stderr, result.stderr
     assert (f"{script}: {venv} has no pip (python3 -m venv leaves it so when python3-venv is missing): "
             f"remove it (rm -rf {venv}) and run ./scripts/{script} again") in result.stderr, result.stderr
+
+
+def test_install_eb_cli_names_an_eb_venv_without_pip_and_an_old_python(tmp_path):
+    """The same two states for .venv-eb: 'No module named pip' without the fix, and a Python the
+    PYTHON row of the README says is too old used without a word."""
+    venv = tmp_path / "eb"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    result = run("install-eb-cli", {"EB_VENV": str(venv)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (f"install-eb-cli: {venv} has no pip (python3 -m venv leaves it so when python3-venv is "
+            f"missing): remove it (rm -rf {venv}) and run ./scripts/install-eb-cli again") in result.stderr
+    old = older_python()
+    if old is None:
+        return
+    missing = tmp_path / "new-eb"
+    result = run("install-eb-cli", {"EB_VENV": str(missing), "PYTHON": old})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"install-eb-cli: {old} is not Python 3.11 or newer" in result.stderr, result.stderr
+    assert "PYTHON=python3.11 ./scripts/install-eb-cli" in result.stderr and not missing.exists()
