@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,53 @@ def test_an_output_that_cannot_be_written_is_named(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"bundle: ERROR: cannot write {blocker / 'app.zip'}: "), result.stderr
     assert "choose another --output" in result.stderr
+
+
+OPTIONS = """option_settings:
+  aws:elasticbeanstalk:customoption:
+    DatabaseSecurityGroupId: sg-0a1b2c3d4e5f60718
+    DatabasePort: "3306"
+    DatabaseResourceId: db-Q2W3E4R5T6Y7U8I9O0P1A2S3D4
+    DatabaseUser: app
+    DatabaseSecretArn: arn:aws:secretsmanager:eu-west-1:210987654321:secret:none
+    DatabaseSecretKmsKeyArn: arn:aws:kms:eu-west-1:210987654321:key/none
+    InstanceRoleName: flask-rds-app-ec2
+"""
+
+
+def provisioned_clone(tmp_path: Path) -> Path:
+    """A copy of the project's files after `scripts/provision --write-options` and `eb init` (config.yml as the
+    EB CLI writes it)."""
+    clone = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for name in filter(None, files.decode().split("\0")):  # this working tree's, as committed next
+        if (ROOT / name).exists():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    (clone / ".ebextensions" / "02-database-options.config").write_text(OPTIONS)
+    (clone / ".elasticbeanstalk").mkdir()
+    (clone / ".elasticbeanstalk" / "config.yml").write_text(
+        "global:\n  application_name: flask-rds-app\n  default_region: eu-west-1\n")
+    return clone
+
+
+def test_use_with_eb_with_an_output_outside_the_project_says_what_to_do(tmp_path):
+    """`deploy: artifact:` is a path in the project; a bundle written elsewhere gave Python's
+    "'/x/app.zip' is not in the subpath of '/project' OR one path is relative and the other is
+    absolute." as the error."""
+    clone = provisioned_clone(tmp_path)
+    elsewhere = tmp_path / "elsewhere" / "app.zip"
+    result = subprocess.run([str(clone / "scripts" / "bundle"), "--output", str(elsewhere), "--use-with-eb"],
+                            cwd=clone, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"bundle: ERROR: --use-with-eb: {elsewhere} is outside {clone}, and the EB CLI reads deploy: "
+        "artifact: as a path in the project: leave out --output (dist/app.zip) or give one inside the "
+        "project"), result.stderr
+    assert "artifact" not in (clone / ".elasticbeanstalk" / "config.yml").read_text()
+    inside = subprocess.run([str(clone / "scripts" / "bundle"), "--use-with-eb"], cwd=clone, capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert inside.returncode == 0, inside.stderr
+    assert "artifact: dist/app.zip" in (clone / ".elasticbeanstalk" / "config.yml").read_text()
