@@ -108,8 +108,18 @@ def start_database(stack: list, assume_yes: bool = False) -> dict[str, str]:
             f"(data in {server.basedir}, removed on exit)")
         return server.environ("ebdb")
     if shutil.which("docker"):
+        compose = subprocess.run(["docker", "compose", "version"], cwd=ROOT, capture_output=True)
+        if compose.returncode != 0:  # Debian's docker.io, say: the CLI without the compose plugin
+            raise SystemExit("run-local: no mariadbd/mysqld found, and `docker compose` does not run here "
+                             "(Docker's compose plugin is missing): install mariadb-server (README, Quick "
+                             "start) or the compose plugin (docker-compose-plugin), or set the RDS_* variables")
         say("no mariadbd/mysqld found: starting the db service with docker compose")
-        subprocess.run(["docker", "compose", "up", "-d", "--wait", "db"], cwd=ROOT, check=True)
+        if subprocess.run(["docker", "compose", "up", "-d", "--wait", "db"], cwd=ROOT).returncode != 0:
+            # A container that started but never got healthy is not left running.
+            subprocess.run(["docker", "compose", "stop", "db"], cwd=ROOT, capture_output=True)
+            raise SystemExit("run-local: docker compose up -d --wait db failed (docker says why above): start "
+                             "Docker, free 127.0.0.1:3306 (the db service's port), or install mariadb-server "
+                             "(README, Quick start)")
         stack.append(lambda: subprocess.run(["docker", "compose", "stop", "db"], cwd=ROOT))
         return dict(COMPOSE_ENV)
     raise SystemExit("run-local: no database configured (RDS_HOSTNAME), no mariadbd/mysqld and no "

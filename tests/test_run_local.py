@@ -182,3 +182,38 @@ def test_run_local_refuses_an_invalid_port_before_starting_anything(tmp_path, po
     assert (f"run-local: PORT='{port}' is invalid: expected an integer from 1 to 65535 (unset it for "
             "the default 8000)") in output, output
     assert "started a throwaway" not in output and "serving on" not in output
+
+
+PLUGIN_DIRS = ["/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
+               "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins"]
+
+
+def test_run_local_with_docker_but_no_compose_plugin_says_what_to_install(tmp_path):
+    """A machine without mariadbd/mysqld whose Docker has no compose plugin (Debian's docker.io):
+    run-local announced 'starting the db service with docker compose', then docker's own
+    'unknown command' and 'docker compose up -d --wait db failed with exit code 1', no fix.
+
+    The machine is made for real in a mount namespace: /usr/sbin (mariadbd, mysqld) and Docker's
+    plugin directories are empty there, HOME has no ~/.docker."""
+    docker = shutil.which("docker")
+    if docker is None or os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs the docker CLI, root and unshare(1) to hide the server binaries")
+    hide = " && ".join(f"mount -t tmpfs none {d}" for d in ["/usr/sbin", *PLUGIN_DIRS] if os.path.isdir(d))
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"{hide} && HOME={tmp_path} docker compose version"],
+                           capture_output=True, text=True, timeout=60)
+    if "mount" in probe.stderr or "unshare" in probe.stderr or probe.returncode == 0:
+        pytest.skip(f"cannot make a machine without mariadbd and docker compose here: {probe.stderr.strip()}")
+    venv = Path(sys.executable).parent.parent
+    env = {"PATH": f"{os.path.dirname(docker)}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "VENV": str(venv), "PORT": str(localdb.free_port())}
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                             f"{hide} && exec ./scripts/run-local"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "run-local: no mariadbd/mysqld found, and `docker compose` does not run here (Docker's compose "
+        "plugin is missing): install mariadb-server (README, Quick start) or the compose plugin "
+        "(docker-compose-plugin), or set the RDS_* variables"), result.stderr
+    assert "starting the db service" not in result.stderr
