@@ -237,8 +237,8 @@ class LocalServer:
         """
         found = find_server()
         if found is None:
-            raise RuntimeError("no mariadbd or mysqld found on PATH or in /usr/sbin; install "
-                               "mariadb-server (Debian) or mysql-server, or set RDS_HOSTNAME")
+            raise RuntimeError("no mariadbd or mysqld found on PATH or in /usr/sbin, /usr/local/sbin or "
+                               "/usr/libexec: install mariadb-server (README, Quick start)")
         flavour, server = found
         if self.basedir is None:
             self.basedir = Path(tempfile.mkdtemp(prefix="localdb-"))
@@ -381,7 +381,10 @@ class LocalServer:
 
 def main() -> int:
     argparse.ArgumentParser(prog="localdb.py", description=__doc__.split("\n\n")[0]).parse_args()
-    server = LocalServer().start()
+    try:
+        server = LocalServer().start()
+    except RuntimeError as err:  # start() has stopped and removed what it made; the message says why
+        sys.exit(f"localdb.py: {err}")
     server.create_database("ebdb")
     for name, value in server.environ("ebdb").items():
         print(f"export {name}={value}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,3 +33,35 @@ def test_bad_arguments_are_refused_before_anything_starts(args, says):
     assert "Traceback" not in result.stderr and "database ready" not in result.stderr
     assert result.stderr.splitlines()[-1] == f"faults: error: {says}", result.stderr
     assert time.monotonic() - started < 30
+
+
+def run_without_a_server_binary(command: list[str]) -> subprocess.CompletedProcess:
+    """`command` on this machine as one without mariadbd/mysqld: in a mount namespace whose
+    /usr/sbin (and /usr/local/sbin, /usr/libexec) are empty."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to hide the server binaries")
+    hide = " && ".join(f"mount -t tmpfs none {d}" for d in ("/usr/sbin", "/usr/local/sbin", "/usr/libexec")
+                       if os.path.isdir(d))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"}
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"{hide} && command -v mariadbd mysqld"], env=env, capture_output=True, text=True)
+    if probe.returncode == 0 or probe.stdout:
+        pytest.skip(f"cannot hide the server binaries here: {probe.stdout}{probe.stderr}")
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                           f'{hide} && exec "$@"', "sh", *command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command, prefix", [
+    (["./scripts/faults", "--quick"], "faults: could not start a local database: "),
+    ([sys.executable, "scripts/localdb.py"], "localdb.py: "),
+])
+def test_no_server_binary_is_one_line_naming_what_to_install(command, prefix):
+    """Before: a RuntimeError traceback (faults after 'database server log tail:' with nothing
+    under it), whose message said 'or set RDS_HOSTNAME', which neither of them reads."""
+    result = run_without_a_server_binary(command)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"{prefix}no mariadbd or mysqld found on PATH or in /usr/sbin, /usr/local/sbin or /usr/libexec: "
+        "install mariadb-server (README, Quick start)"), result.stderr
