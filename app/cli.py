@@ -41,17 +41,28 @@ def migrate_command() -> None:
 @click.command("seed")
 def seed_command() -> None:
     """Insert the sample users that are not there yet (for local development)."""
-    lease = current_app.extensions["database"].borrow()
+    database = current_app.extensions["database"]
     created = 0
     try:
-        for email, name in SAMPLE_USERS:
-            try:
-                repository.create_user(lease, email=email, name=name)
-                created += 1
-            except repository.EmailTaken:
-                pass
-    finally:
-        lease.release()
+        lease = database.borrow()
+        try:
+            for email, name in SAMPLE_USERS:
+                try:
+                    repository.create_user(lease, email=email, name=name)
+                    created += 1
+                except repository.EmailTaken:
+                    pass
+        finally:
+            lease.release()
+    except (DatabaseUnavailable, mysql.connector.Error) as err:
+        # One line, as `flask migrate` says it; the pool's own message hides the driver's error.
+        cause = err.__cause__ if isinstance(err.__cause__, mysql.connector.Error) else err
+        if getattr(cause, "errno", None) == 1146:  # ER_NO_SUCH_TABLE
+            raise click.ClickException(
+                f"the database {database.settings.database!r} has no users table (MySQL error 1146): "
+                "apply the migrations first: python -m app.migrate") from None
+        raise click.ClickException(migrations.explain(
+            cause, database.settings, database.opener.credentials.description)) from None
     click.echo(json.dumps({"event": "seed", "created": created}))
 
 

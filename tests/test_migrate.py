@@ -341,3 +341,25 @@ def test_credential_source_failures_print_their_own_message():
                                           "fix the role")
     assert migrate.explain(DatabaseUnavailable("Secrets Manager timed out"), None) == \
         "Secrets Manager timed out"
+
+
+@pytest.mark.parametrize("case", ["unmigrated", "unreachable"])
+def test_flask_seed_failures_are_one_line(make_database, case):
+    """`flask seed` (run-local's step after the migration) went up as a traceback:
+    ProgrammingError 1146 on a database nobody migrated, DatabaseUnavailable on one it cannot
+    reach. Now one line, as `flask migrate` says it, with the fix."""
+    import localdb
+
+    env = {**os.environ, **make_database(migrated=False), "DB_CONNECT_TIMEOUT": "2"}
+    if case == "unreachable":
+        env["RDS_PORT"] = str(localdb.free_port())
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "application", "seed"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.splitlines()  # the app's JSON log lines go to stdout
+    if case == "unmigrated":
+        assert line == (f"Error: the database {env['RDS_DB_NAME']!r} has no users table (MySQL error 1146): "
+                        "apply the migrations first: python -m app.migrate"), line
+    else:
+        assert line.startswith("Error: cannot reach the database at 127.0.0.1:"), line
+        assert "check RDS_HOSTNAME/RDS_PORT" in line
