@@ -1112,3 +1112,20 @@ def test_no_aws_credentials_names_how_to_get_them(tmp_path, extra):
     assert result.stderr == ("provision: ERROR: no AWS credentials found (no keys in the environment, no "
                              "profile, no instance role): run `aws configure`, or `aws sso login --profile "
                              "NAME` and export AWS_PROFILE=NAME, then run this again\n"), result.stderr
+
+
+def test_a_certificate_without_write_options_prints_the_https_listener(aws, capsys, tmp_path):
+    """--help says --certificate-arn gives HTTPS on the load balancer; without --write-options
+    the certificate was checked and then dropped: no 06 file, nothing printed, plain HTTP."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    localdb.make_ca(pki, "site", subject="/CN=app.example.com")
+    certificate = aws["acm"].import_certificate(Certificate=(pki / "site.pem").read_bytes(),
+                                                PrivateKey=(pki / "site.key").read_bytes())["CertificateArn"]
+    code, out, err = run(capsys, "--auth", "iam", "--create-role", "--certificate-arn", certificate)
+    assert code == 0, err
+    assert ("\nHTTPS listener (--write-options .ebextensions/02-database-options.config writes it beside "
+            "02 as .ebextensions/06-https-listener.config):\n") in out, out
+    printed = out.split("writes it beside 02 as .ebextensions/06-https-listener.config):\n", 1)[1]
+    https = yaml.safe_load("\n".join(line[2:] for line in printed.splitlines() if line.startswith("  ")))
+    assert https == yaml.safe_load(provision.https_file(certificate))
