@@ -1129,3 +1129,16 @@ def test_a_certificate_without_write_options_prints_the_https_listener(aws, caps
     printed = out.split("writes it beside 02 as .ebextensions/06-https-listener.config):\n", 1)[1]
     https = yaml.safe_load("\n".join(line[2:] for line in printed.splitlines() if line.startswith("  ")))
     assert https == yaml.safe_load(provision.https_file(certificate))
+
+
+def test_a_file_it_cannot_write_is_refused_before_any_change(aws, capsys, tmp_path):
+    """--write-options under a file (a mistyped path): the AWS changes were made, then
+    Path.write_text raised NotADirectoryError as a traceback. Now it is refused first."""
+    blocker = tmp_path / "ebextensions"
+    blocker.write_text("a file where the folder should be")
+    before = state(aws)
+    code, out, err = run(capsys, "--auth", "iam", "--create-role", "--write-options", str(blocker / "02.config"))
+    assert code == 2, out + err
+    assert err == (f"provision: ERROR: cannot write {blocker / '02.config'}: {blocker} is not a directory; "
+                   "give --write-options a path in a folder you can write\n"), err
+    assert state(aws) == before  # nothing changed
