@@ -106,7 +106,8 @@ def start_database(stack: list, assume_yes: bool = False) -> dict[str, str]:
         server.create_database("ebdb")
         say(f"started a throwaway {localdb.find_server()[0]} on 127.0.0.1:{server.port} "
             f"(data in {server.basedir}, removed on exit)")
-        return server.environ("ebdb")
+        # Its users have passwords: a DB_AUTH left in the shell (iam, secretsmanager) is not for it.
+        return {**server.environ("ebdb"), "DB_AUTH": "password"}
     if shutil.which("docker"):
         compose = subprocess.run(["docker", "compose", "version"], cwd=ROOT, capture_output=True)
         if compose.returncode != 0:  # Debian's docker.io, say: the CLI without the compose plugin
@@ -121,7 +122,7 @@ def start_database(stack: list, assume_yes: bool = False) -> dict[str, str]:
                              "Docker, free 127.0.0.1:3306 (the db service's port), or install mariadb-server "
                              "(README, Quick start)")
         stack.append(lambda: subprocess.run(["docker", "compose", "stop", "db"], cwd=ROOT))
-        return dict(COMPOSE_ENV)
+        return {**COMPOSE_ENV, "DB_AUTH": "password"}
     raise SystemExit("run-local: no database configured (RDS_HOSTNAME), no mariadbd/mysqld and no "
                      "docker: install mariadb-server or Docker, or set the RDS_* variables")
 

@@ -218,3 +218,13 @@ def test_run_local_with_docker_but_no_compose_plugin_says_what_to_install(tmp_pa
         "plugin is missing): install mariadb-server (README, Quick start) or the compose plugin "
         "(docker-compose-plugin), or set the RDS_* variables"), result.stderr
     assert "starting the db service" not in result.stderr
+
+
+@pytest.mark.parametrize("auth", ["iam", "secretsmanager"])
+def test_run_local_serves_its_throwaway_database_whatever_db_auth_the_shell_has(tmp_path, auth):
+    """DB_AUTH left in the shell (from trying scripts/doctor, say) without RDS_HOSTNAME: run-local
+    started its throwaway server, then the migration refused the settings ('DB_SECRET_ID is
+    required...; for a local database run scripts/run-local, which sets them for you')."""
+    proc, port, log = start_run_local(tmp_path, {"DB_AUTH": auth})
+    output = serves_sample_users_then_stops(proc, port, log)
+    assert "started a throwaway" in output
