@@ -20,6 +20,7 @@ from conftest import ROOT
     (["--clients", "0"], "argument --clients: 0 is not a whole number of at least 1"),
     (["--json", "/nonexistent-dir/report.json"],
      "argument --json: /nonexistent-dir is not a directory: create it or write elsewhere"),
+    (["--json", "/"], "argument --json: / is a directory: name a file in it"),
 ])
 def test_bad_arguments_are_refused_before_anything_starts(args, says):
     """Before, --workers 0 started a database and gunicorn, then ended in a NotHealthy
