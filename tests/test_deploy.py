@@ -658,6 +658,17 @@ def test_the_environment_gets_its_region_from_the_stack():
         rehearsal.evaluate_option('`{"Fn::GetAtt" : ["X", "Y"]}`', "01")
 
 
+def test_instances_are_replaced_for_ec2_health_only():
+    """README Health checks: when the database holds every thread, /health times out and the
+    load balancer takes the instance out (all of them: it then routes to all, fail open,
+    https://docs.aws.amazon.com/elasticloadbalancing/latest/application/target-group-health-checks.html);
+    the instances stay, because the Auto Scaling group keeps Beanstalk's default EC2 status checks
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/environmentconfig-autoscaling-healthchecktype.html).
+    An .ebextensions file setting HealthCheckType: ELB would make a database outage replace the fleet."""
+    for path in sorted((ROOT / ".ebextensions").glob("*.config")):
+        assert "HealthCheckType" not in path.read_text(), path.name
+
+
 def test_bundle_requires_the_database_options_only_where_resources_read_them(bundle, tmp_path):
     """02's placeholders fail the stack only through 03 and 04; without them (provision keeps the
     ingress rule and the policy outside the environment) the bundle is deployable."""

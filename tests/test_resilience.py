@@ -174,6 +174,28 @@ def connection_running(server, database, where: str, timeout=10):
     raise AssertionError(f"no statement in {database} where {where}")
 
 
+def test_health_waits_while_every_thread_waits_on_the_database(db_env, mysql_server, slow_gunicorn):
+    """README Health checks: /health never touches the database, but it is answered by a worker
+    thread like any request, so a database that holds every thread holds it too, and the load
+    balancer sees the instance as unable to serve until a thread is free."""
+    env = {**db_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2"}
+    server = slow_gunicorn(env)
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
+    with faults.Load(lambda n: faults.send("GET", server.url + "/_test/sleep?s=4"), threads=2) as load:
+        deadline = time.monotonic() + 10
+        while len(mysql_server.sql([
+                "SELECT ID FROM information_schema.PROCESSLIST "
+                f"WHERE DB = '{env['RDS_DB_NAME']}' AND INFO LIKE 'SELECT SLEEP%'"])) < 2:
+            assert time.monotonic() < deadline, "the two sleeping requests never both ran"
+            time.sleep(0.02)
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(server.url + "/health", timeout=1.5)
+        load.wait_for(faults.ok, 2)  # the two held requests end well
+    assert all(faults.ok(o) for o in load.outcomes)
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
+    assert "Traceback" not in server.output()
+
+
 def test_connection_killed_mid_query_is_never_handed_out_again(db_env, mysql_server, slow_gunicorn):
     env = {**db_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "1"}
     server = slow_gunicorn(env)
