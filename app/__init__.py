@@ -46,6 +46,30 @@ class RoutingGuards:
         return self.wsgi_app(environ, start_response)
 
 
+# Every answer carries user data or says something about the service: no cache, shared or
+# the browser's, may keep it (a list of emails read with one client's key must not be served
+# to the next from a proxy, nor stay on a shared computer's disk), and a browser must not
+# sniff JSON, which echoes some of what it was sent (a query parameter's name), into HTML.
+# /openapi.json too: it changes with each deploy, and a stale copy would describe another API.
+SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+
+
+class SecurityHeaders:
+    """WSGI middleware: SECURITY_HEADERS on every response the app makes, as the request id
+    middleware (app/logs.py) adds its header, so that the responses Flask builds without
+    after_request hooks (RoutingGuards' 404, an unhandled error's 500) have them too."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        def start_with_headers(status, headers, exc_info=None):
+            headers.extend(SECURITY_HEADERS)
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start_with_headers)
+
+
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """Build the app from environment properties (os.environ unless given).
 
@@ -72,6 +96,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     # ones too (the middleware: the router would strip them).
     app.url_map.merge_slashes = False
     app.wsgi_app = RoutingGuards(app)  # inside logs' middleware: the 404 gets its request id
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)  # and its headers: every response gets them
     logs.init_app(app)  # first, so that what reading the settings logs is JSON too
 
     settings = load_settings(environ)

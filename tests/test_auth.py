@@ -303,12 +303,17 @@ def test_through_gunicorn_the_deployment_default(db_env, start_gunicorn):
     refused = requests.post(f"{server.url}/api/users", json=USER, timeout=10)
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == 'Bearer realm="api"'
     assert refused.json()["error"]["code"] == "unauthorized"
+    assert refused.headers["Cache-Control"] == "no-store"  # no cache keeps a 401 for the next client
     assert requests.post(f"{server.url}/api/users", json=USER, headers=bearer(wrong), timeout=10).status_code == 401
     assert requests.get(f"{server.url}/api/users", timeout=10).status_code == 401
     assert users_in_db(db_env) == []
     created = requests.post(f"{server.url}/api/users", json=USER, headers=bearer(key), timeout=10)
     assert created.status_code == 201
-    assert requests.get(f"{server.url}/api/users", headers=bearer(key), timeout=10).json()["data"]
+    listed = requests.get(f"{server.url}/api/users", headers=bearer(key), timeout=10)
+    assert listed.json()["data"]
+    # Read with a key: no shared cache may keep the list and serve it to a client without one.
+    assert listed.headers["Cache-Control"] == "no-store"
+    assert listed.headers["X-Content-Type-Options"] == "nosniff"
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
     assert requests.get(f"{server.url}/health/ready", timeout=10).status_code == 200
     output = server.output()

@@ -463,6 +463,35 @@ def test_foreign_host_and_odd_request_ids_are_not_reflected(served):
     assert b"evil.example" not in answer and b"<script>" not in answer
 
 
+@pytest.mark.parametrize("request_bytes, status", [
+    R(http("GET", "/api/users"), 200, id="list"),
+    R(http("GET", "/api/users/1"), 200, id="one-user"),
+    R(http("HEAD", "/api/users/1"), 200, id="head"),
+    R(http("GET", "/api/users/999"), 404, id="no-such-user"),
+    R(http("GET", "//api/users"), 404, id="routing-guards-own-404"),
+    R(http("PUT", "/api/users"), 405, id="wrong-method"),
+    R(http("POST", "/api/users", JSON, b"{"), 400, id="invalid-json"),
+    R(http("GET", "/api/users?%3Cscript%3Ealert(1)%3C%2Fscript%3E=1"), 400, id="reflected-parameter-name"),
+    R(http("OPTIONS", "/api/users", {"Origin": "https://elsewhere.example",
+                                     "Access-Control-Request-Method": "DELETE"}), 200, id="preflight"),
+    R(http("GET", "/openapi.json"), 200, id="openapi"),
+    R(http("GET", "/health"), 200, id="health"),
+    R(http("GET", "/health/ready"), 200, id="ready"),
+])
+def test_no_cache_keeps_an_answer_and_no_browser_sniffs_one(served, request_bytes, status):
+    """Cache-Control: no-store, so that no proxy or browser cache keeps user data (or an error
+    about it) to serve another client; X-Content-Type-Options: nosniff, so that a browser never
+    reads JSON that echoes what it was sent (a parameter's name, JSON-escaped) as HTML."""
+    server, _ = served
+    got_status, headers, body = parse(exchange(server.url, request_bytes))
+    assert got_status == status, body[:300]
+    assert headers.get("cache-control") == "no-store", headers
+    assert headers.get("x-content-type-options") == "nosniff", headers
+    if b"script" in request_bytes:
+        assert json.loads(body)["error"]["details"][0]["field"] == "<script>alert(1)</script>"
+        assert headers["content-type"] == "application/json"
+
+
 def test_a_user_deleted_as_soon_as_it_exists_never_makes_its_create_a_500(db_env, start_gunicorn):
     """Ids are sequential, so a client can DELETE the next one while another creates it.
 

@@ -2,8 +2,8 @@
 
 The references answer the bench's URL with the project's response: the same query (columns,
 server-formatted UTC timestamps, keyset page), the same JSON bytes and the same headers
-(Content-Type, Content-Length, X-Request-Id). What differs is only the path from socket to
-bytes, which is what the benchmark compares. Not a template for applications.
+(Content-Type, Content-Length, X-Request-Id, Cache-Control, X-Content-Type-Options). What
+differs is only the path from socket to bytes, which is what the benchmark compares. Not a template for applications.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ SELECT_PAGE = ("SELECT id, email, name, DATE_FORMAT(created_at, '%Y-%m-%dT%TZ') 
 SESSION = {"time_zone": "+00:00", "charset": "utf8mb4", "collation": "utf8mb4_unicode_ci"}
 
 
+# The headers app/__init__.py's SecurityHeaders adds to every response, written out again.
+SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+
+
 def flask_app(name: str) -> Flask:
     """Flask as the project configures it for this response: keys in the code's order, UTF-8
-    JSON (pydantic writes non-ASCII as is), and an X-Request-Id on every response."""
+    JSON (pydantic writes non-ASCII as is), an X-Request-Id and SECURITY_HEADERS on every
+    response."""
     app = Flask(name)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
@@ -36,6 +41,7 @@ def flask_app(name: str) -> Flask:
         request_id = environ["app.request_id"] = secrets.token_hex(16)
 
         def start_with_id(status, headers, exc_info=None):
+            headers.extend(SECURITY_HEADERS)
             headers.append(("X-Request-Id", request_id))
             return start_response(status, headers, exc_info)
 
