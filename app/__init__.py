@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 
 from flask import Flask
+from flask import Response as FlaskResponse
 from werkzeug.exceptions import NotFound
 
 MAX_BODY_BYTES = 16 * 1024
@@ -54,6 +55,13 @@ class RoutingGuards:
 SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 
 
+class Response(FlaskResponse):
+    """Flask's response with no default Content-Type: every body the app sends says it is
+    JSON, and the answer to OPTIONS (Werkzeug's: Allow and no body) claimed text/html."""
+
+    default_mimetype = None
+
+
 class SecurityHeaders:
     """WSGI middleware: SECURITY_HEADERS on every response the app makes, as the request id
     middleware (app/logs.py) adds its header, so that the responses Flask builds without
@@ -84,6 +92,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 
     environ = os.environ if environ is None else environ
     app = Flask(__name__)
+    app.response_class = Response  # an empty answer claims no Content-Type
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         LOG_LEVEL=environ.get("LOG_LEVEL", "INFO"),

@@ -492,6 +492,18 @@ def test_no_cache_keeps_an_answer_and_no_browser_sniffs_one(served, request_byte
         assert headers["content-type"] == "application/json"
 
 
+def test_an_answer_to_options_has_no_body_and_claims_no_content_type(served):
+    """A JSON API has no HTML: the empty answer to OPTIONS said `text/html; charset=utf-8`."""
+    server, _ = served
+    for path in ("/api/users", "/api/users/1", "/health", "/openapi.json"):
+        status, headers, body = parse(exchange(server.url, http("OPTIONS", path, {
+            "Origin": "https://elsewhere.example", "Access-Control-Request-Method": "DELETE"})))
+        assert status == 200 and "OPTIONS" in headers["allow"], (path, body)
+        assert body == b"" and headers["content-length"] == "0", path
+        assert "content-type" not in headers, (path, headers)
+        assert not any(name.startswith("access-control-") for name in headers), headers  # no CORS
+
+
 def test_a_user_deleted_as_soon_as_it_exists_never_makes_its_create_a_500(db_env, start_gunicorn):
     """Ids are sequential, so a client can DELETE the next one while another creates it.
 
