@@ -309,8 +309,10 @@ def test_through_gunicorn_the_deployment_default(db_env, start_gunicorn):
     assert users_in_db(db_env) == []
     created = requests.post(f"{server.url}/api/users", json=USER, headers=bearer(key), timeout=10)
     assert created.status_code == 201
-    listed = requests.get(f"{server.url}/api/users", headers=bearer(key), timeout=10)
+    listed = requests.get(f"{server.url}/api/users", headers={**bearer(key), "Origin": "https://elsewhere.example"},
+                          timeout=10)
     assert listed.json()["data"]
+    assert not [h for h in listed.headers if h.lower().startswith("access-control-")]  # no CORS (README)
     # Read with a key: no shared cache may keep the list and serve it to a client without one.
     assert listed.headers["Cache-Control"] == "no-store"
     assert listed.headers["X-Content-Type-Options"] == "nosniff"
