@@ -306,6 +306,12 @@ def test_through_gunicorn_the_deployment_default(db_env, start_gunicorn):
     assert refused.headers["Cache-Control"] == "no-store"  # no cache keeps a 401 for the next client
     assert requests.post(f"{server.url}/api/users", json=USER, headers=bearer(wrong), timeout=10).status_code == 401
     assert requests.get(f"{server.url}/api/users", timeout=10).status_code == 401
+    # Only the header carries a key: in the query string (RFC 6750's access_token too) it is
+    # refused, and the access log, which names the path and not the query, does not keep it.
+    for name in ("access_token", "api_key", "key"):
+        for method in ("GET", "POST"):
+            sent = requests.request(method, f"{server.url}/api/users?{name}={key}", json=USER, timeout=10)
+            assert sent.status_code == 401 and key not in sent.text, (name, method)
     assert users_in_db(db_env) == []
     created = requests.post(f"{server.url}/api/users", json=USER, headers=bearer(key), timeout=10)
     assert created.status_code == 201
