@@ -55,7 +55,9 @@ def test_update_with_the_same_values_is_fine(client):
 
 def test_delete(client):
     user = create(client)
-    assert client.delete(f"/api/users/{user['id']}").status_code == 204
+    deleted = client.delete(f"/api/users/{user['id']}")
+    # No body, so no type: flask.Response(status=204) said text/html, as OPTIONS did.
+    assert deleted.status_code == 204 and deleted.data == b"" and "Content-Type" not in deleted.headers
     assert_error(client.get(f"/api/users/{user['id']}"), 404, "user_not_found")
     assert_error(client.delete(f"/api/users/{user['id']}"), 404, "user_not_found")
 

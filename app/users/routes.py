@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, url_for
+from flask import Blueprint, Response, current_app, url_for
 from pydantic import TypeAdapter
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import BaseConverter
@@ -97,4 +97,4 @@ def update_user(user_id: int):
 def delete_user(user_id: int):
     if not repository.delete_user(get_db(), user_id):
         raise _not_found(user_id)
-    return Response(status=204)
+    return current_app.response_class(status=204)  # the app's: no Content-Type for no body
