@@ -76,6 +76,23 @@ def post_worker_init(worker):
                            "ms": round((time.perf_counter() - started) * 1000, 1)})
 
 
+def client_address(environ) -> str | None:
+    """The client's address as the load balancer saw it: X-Forwarded-For's second entry from the
+    right.
+
+    Behind the ALB (its default `append` mode) and Beanstalk's nginx (`proxy_set_header
+    X-Forwarded-For $proxy_add_x_forwarded_for`), gunicorn gets `<what the client sent>, <the
+    client, appended by the ALB>, <the ALB, appended by nginx>`. Every entry left of the ALB's
+    comes from the client as it sent it, forged or not. With one entry the request reached nginx
+    without a proxy in front (nginx appended its peer); with none it reached gunicorn directly.
+    """
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    hops = [hop.strip() for hop in forwarded.split(",")] if forwarded else []
+    if len(hops) >= 2:
+        return hops[-2]
+    return hops[-1] if hops else environ.get("REMOTE_ADDR")
+
+
 class JsonAccessLogger(Logger):
     """Access log lines as JSON, with the request id the app assigned; gunicorn's own lines
     (starting, booting a worker, a worker timeout or crash) as JSON too, so that every line
@@ -110,7 +127,9 @@ class JsonAccessLogger(Logger):
                 "bytes": getattr(resp, "sent", None),
                 "duration_ms": round(request_time.total_seconds() * 1000, 2),
                 "request_id": headers.get("X-Request-Id"),
-                "remote": environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR"),
+                "remote": client_address(environ),
+                # The whole chain, for a look at what the client claimed: only `remote` is trusted.
+                "forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"),
                 "pid": os.getpid(),
             }
             self.access_log.info(json.dumps(record))

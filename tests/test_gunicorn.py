@@ -101,6 +101,43 @@ def test_access_log_is_json_with_request_id(db_env, start_gunicorn):
     assert entry["duration_ms"] >= 0
 
 
+def access_entry(server, request_id):
+    """The access line of `request_id` (the worker writes it after the response)."""
+    deadline = time.monotonic() + 10
+    while not (entries := [a for a in access_log(server) if a["request_id"] == request_id]):
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    [entry] = entries
+    return entry
+
+
+def test_access_log_records_the_client_the_load_balancer_saw_not_a_forged_one(
+        db_env, start_gunicorn, tmp_path):
+    """Through nginx, with X-Forwarded-For as the ALB passes it on: what the client sent, then the
+    client's address appended by the ALB. nginx appends the ALB's (here 127.0.0.1). `remote` is
+    the ALB's entry, whatever the client put before it; the chain is kept as `forwarded_for`."""
+    from test_nginx import nginx_in_front_of
+
+    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
+    with nginx_in_front_of(int(server.url.rsplit(":", 1)[1]), tmp_path) as base:
+        sent = {
+            "alb-only": "198.51.100.7",
+            "forged": "203.0.113.66, 198.51.100.7",
+            "forged-many": "10.0.0.1,203.0.113.66 ,  2001:db8::1",
+            "none": None,
+        }
+        for name, forwarded in sent.items():
+            headers = {"X-Request-Id": name}
+            if forwarded:
+                headers["X-Forwarded-For"] = forwarded
+            assert requests.get(base + "/api/users", headers=headers, timeout=10).status_code == 200
+        remote = {name: access_entry(server, name)["remote"] for name in sent}
+        assert remote == {"alb-only": "198.51.100.7", "forged": "198.51.100.7",
+                          "forged-many": "2001:db8::1", "none": "127.0.0.1"}, remote
+        assert access_entry(server, "forged")["forwarded_for"] == "203.0.113.66, 198.51.100.7, 127.0.0.1"
+        assert access_entry(server, "none")["forwarded_for"] == "127.0.0.1"
+
+
 def test_each_worker_freezes_what_its_startup_left(db_env, start_gunicorn):
     """gunicorn.conf.py's post_worker_init: full collections skip the objects the imports left.
 
