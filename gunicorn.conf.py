@@ -9,6 +9,7 @@ environment properties.
 import gc
 import json
 import os
+import signal
 import time
 
 from gunicorn.glogging import Logger
@@ -56,6 +57,48 @@ secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
 limit_request_line = 8190  # gunicorn's maximum (its default, 4094, is below nginx's)
 limit_request_field_size = 8190  # bytes per header line with its CRLF (gunicorn's default)
 limit_request_fields = 16384  # header lines (gunicorn's default, 100, is below nginx's)
+
+
+def on_starting(arbiter):
+    """Once the master halts, it reaps the workers that exit without raising HaltServer again.
+
+    When the workers cannot load the app (a bad setting), each exits with code 4 and the first
+    exit makes gunicorn 23's master halt. Halting, it waits for the others, and the next exit
+    with code 4 raised HaltServer inside halt(): a 40-line traceback in web.stdout.log instead
+    of the JSON "Reason: App failed to load.", and exit status 1 instead of 4 (with 4 workers,
+    nearly every time; benoitc/gunicorn#2186). A worker's exit while halting is logged like
+    gunicorn's own, and its process forgotten.
+    """
+    halt = arbiter.halt
+
+    def reap_while_halting():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            if code > 0:
+                arbiter.log.error("Worker (pid:%s) exited with code %s", pid, code)
+            elif code < 0:  # the master's own SIGTERM (or SIGKILL after graceful_timeout)
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:  # a real-time signal has no name
+                    name = f"signal {-code}"
+                arbiter.log.info("Worker (pid:%s) ended by %s", pid, name)
+            worker = arbiter.WORKERS.pop(pid, None)
+            if worker:
+                worker.tmp.close()
+                arbiter.cfg.child_exit(arbiter, worker)
+
+    def halt_reaping_quietly(reason=None, exit_status=0):
+        arbiter.reap_workers = reap_while_halting
+        reap_while_halting()  # the workers that exited along with the one that made it halt
+        halt(reason=reason, exit_status=exit_status)
+
+    arbiter.halt = halt_reaping_quietly
 
 
 def post_worker_init(worker):

@@ -177,6 +177,54 @@ def test_bad_gunicorn_setting_names_the_variable(db_env, tmp_path):
     assert "GUNICORN_THREADS='lots' is invalid" in result.stdout + result.stderr
 
 
+# The project's config, and workers after the first that load the app a second later (SIGTERM
+# ignored until gunicorn installs its handler): they exit while the master halts, every time.
+STAGGERED_WORKERS = """
+exec(compile(open("gunicorn.conf.py").read(), "gunicorn.conf.py", "exec"))
+
+def post_fork(server, worker):
+    if worker.age > 1:
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("boot", ["together", "staggered"])
+def test_workers_that_cannot_load_the_app_stop_gunicorn_with_its_reason_and_no_traceback(
+        tmp_path, boot):
+    """Every worker exits with code 4 (a bad setting). The first exit halts the master; the
+    others' exits, while it halts, raised HaltServer again in gunicorn 23: a traceback (one
+    CloudWatch event per line), no "Reason:" line, exit status 1. Booted together, four workers
+    did so most of the time here; staggered, every time."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, procfile_command
+
+    extra = []
+    if boot == "staggered":
+        (tmp_path / "staggered.py").write_text(STAGGERED_WORKERS)
+        extra = ["--config", str(tmp_path / "staggered.py")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "LOG_"))}
+    env.update(RDS_HOSTNAME="db.invalid", RDS_DB_NAME="ebdb", RDS_USERNAME="app", RDS_PASSWORD="x",
+               DB_POOL_SIZE="lots", WEB_CONCURRENCY="4", PORT=str(localdb.free_port()),
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(procfile_command() + extra, cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == 4, output
+    gunicorn = [json.loads(line) for line in output.splitlines()
+                if line.startswith("{") and '"gunicorn.error"' in line]
+    assert gunicorn[-1]["message"] == "Reason: App failed to load.", output
+    # What is not JSON is the app's own message (four lines), once per worker that printed it.
+    plain = [line for line in output.splitlines() if line.strip() and not line.startswith("{")]
+    assert len(plain) == 4 * output.count("Configuration error: the app cannot start."), plain
+    if boot == "staggered":
+        assert output.count("Configuration error: the app cannot start.") == 4
+
+
 def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gunicorn):
     """Stop the server under steady load, keep it down, start it on the same port."""
     db = localdb.LocalServer(basedir=tmp_path / "db").start()
