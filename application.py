@@ -8,6 +8,10 @@ Not so when the configuration's source failed for now (Secrets Manager throttlin
 reach while a worker boots, a deploy's or a respawn's): APP_LOAD_ERROR from one worker would
 stop the master and every healthy worker with it. That worker exits with an ordinary status
 after a pause instead, and gunicorn starts another, which asks again.
+
+Loaded by the Flask CLI (`flask --app application migrate`, `seed`), there is no gunicorn to
+read a status: the error is one `Error: ` line, with the exit status `python -m app.migrate`
+gives it (2: fix the configuration; 3: its source failed for now, run it again).
 """
 
 import sys
@@ -20,9 +24,20 @@ APP_LOAD_ERROR = 4  # gunicorn.arbiter.Arbiter.APP_LOAD_ERROR: the master halts,
 TRY_AGAIN = 1  # any status but 3 (WORKER_BOOT_ERROR) and 4: the master starts a new worker
 TRY_AGAIN_PAUSE = 2  # seconds: a failing source is asked every few seconds, not in a tight loop
 
+
+def _under_gunicorn() -> bool:
+    """True in a gunicorn worker (forked from the master, which imported the arbiter)."""
+    return "gunicorn.arbiter" in sys.modules
+
+
 try:
     application = create_app()
 except ConfigError as err:
+    if not _under_gunicorn():
+        from app.migrate import exit_status, failure_line
+
+        print(f"Error: {failure_line(err, None)}", file=sys.stderr, flush=True)
+        raise SystemExit(exit_status(err)) from None
     if err.transient:
         print(f"Configuration source unavailable: this worker exits in {TRY_AGAIN_PAUSE} s and "
               f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)

@@ -26,7 +26,8 @@ from app.config import AuthMode, ConfigError, Settings, SslMode, load_settings
 from app.credentials import (CredentialProvider, aws_error, aws_refusal, complete_settings, managed_master_secret,
                              provider_for)
 from app.db.connection import ConnectionOpener
-from app.migrate import explain
+from app.db.errors import DatabaseUnavailable
+from app.migrate import EXIT_FAILED, exit_status, explain, failure_line
 
 # Enough to serve the API and run its migrations, on the app's database only.
 APP_GRANTS = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES"
@@ -140,20 +141,26 @@ def bootstrap(settings: Settings, credentials: CredentialProvider) -> dict:
 
 
 def main(environ=os.environ) -> int:
+    from app.logs import configure_logging
+
+    configure_logging("WARNING")  # as app.migrate: warnings as JSON on stdout, stderr the one line
     try:
         settings = load_settings(environ)
         credentials = provider_for(settings)
         settings = complete_settings(settings, credentials)
         done = bootstrap(settings, credentials)
-    except (ConfigError, BootstrapError) as err:
+    except BootstrapError as err:
         print(f"bootstrap: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except (ConfigError, DatabaseUnavailable) as err:  # statuses as app.migrate's: 2, or 3 to run again
+        print(f"bootstrap: {failure_line(err, None)}", file=sys.stderr)
+        return exit_status(err)
     except Exception as err:  # noqa: BLE001 - an AWS refusal is a message, anything else a bug
         refusal = aws_refusal(err)
         if refusal is None:
             raise
         print(f"bootstrap: {refusal}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(json.dumps(done))
     return 0
 

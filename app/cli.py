@@ -32,9 +32,7 @@ def migrate_command() -> None:
         finally:
             migrations.close_quietly(conn)
     except (migrations.MigrationError, DatabaseUnavailable, mysql.connector.Error) as err:
-        # One line, as `python -m app.migrate` prints it (click adds "Error: ", exits 1).
-        raise click.ClickException(migrations.explain(
-            err, database.settings, database.opener.credentials.description)) from None
+        raise _failure(err, database) from None
     click.echo(json.dumps({"event": "migrate", "applied": done}))
 
 
@@ -61,9 +59,16 @@ def seed_command() -> None:
             raise click.ClickException(
                 f"the database {database.settings.database!r} has no users table (MySQL error 1146): "
                 "apply the migrations first: python -m app.migrate") from None
-        raise click.ClickException(migrations.explain(
-            cause, database.settings, database.opener.credentials.description)) from None
+        raise _failure(cause, database) from None
     click.echo(json.dumps({"event": "seed", "created": created}))
+
+
+def _failure(err: Exception, database) -> click.ClickException:
+    """One line and exit status, as `python -m app.migrate` has them (click adds "Error: ")."""
+    failure = click.ClickException(migrations.failure_line(
+        err, database.settings, database.opener.credentials.description))
+    failure.exit_code = migrations.exit_status(err)
+    return failure
 
 
 def init_app(app: Flask) -> None:

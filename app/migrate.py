@@ -8,9 +8,10 @@ instance, is safe. Statements in a file end with `;` at the end of a line.
 Each migration must stay compatible with the code version still serving while a deploy
 rolls out (add columns and tables; drop only in a later release).
 
-A failure is one line on stderr naming the cause and what to check, exit status 1 (the
-database or a migration failed), or the settings' message, a line per bad variable, exit
-status 2: it is read in Beanstalk's deployment log, where a traceback hides what matters.
+A failure is one line on stderr naming the cause and what to check (the settings' message: a
+line per bad variable), with an exit status that says what to do (EXIT_* below; `flask
+--app application migrate` and `seed` and `python -m app.bootstrap` use the same): it is read
+in Beanstalk's deployment log, where a traceback hides what matters.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 LOCK_TIMEOUT_SECONDS = 120
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";\s*$", re.MULTILINE)
+
+
+# Exit statuses. A missing credential (a denied or deleted secret, no AWS credentials on the
+# instance) is configuration: what the environment names cannot be used until someone fixes it.
+EXIT_FAILED = 1  # the database or a migration failed
+EXIT_CONFIG = 2  # the configuration cannot be used: fix what the line names, then run again
+EXIT_TRY_AGAIN = 3  # a credential source failed for now (throttled, failing, out of reach)
+TRY_AGAIN = "nothing was changed; run it again (on Beanstalk: eb deploy again)"
 
 
 class MigrationError(Exception):
@@ -200,6 +209,27 @@ def explain(err: Exception, settings, source: str | None = None) -> str:
     return f"the database at {where} failed ({detail})"
 
 
+def exit_status(err: BaseException) -> int:
+    """EXIT_CONFIG or EXIT_TRY_AGAIN for a configuration error or a credential source's failure
+    (also when the opener raised it as DatabaseUnavailable), else EXIT_FAILED."""
+    from app.config import ConfigError
+    from app.credentials import CredentialsUnavailable
+
+    if isinstance(err, ConfigError):
+        return EXIT_TRY_AGAIN if err.transient else EXIT_CONFIG
+    if isinstance(err.__cause__, CredentialsUnavailable):
+        return EXIT_CONFIG if err.__cause__.permanent else EXIT_TRY_AGAIN
+    return EXIT_FAILED
+
+
+def failure_line(err: BaseException, settings, source: str | None = None) -> str:
+    """explain()'s line, with what to do next when running it again may be enough."""
+    from app.config import ConfigError
+
+    line = str(err) if isinstance(err, ConfigError) else explain(err, settings, source)
+    return f"{line.rstrip('.')}; {TRY_AGAIN}" if exit_status(err) == EXIT_TRY_AGAIN else line
+
+
 def main(environ=os.environ) -> int:
     from app.config import ConfigError, load_settings
     from app.credentials import aws_refusal, complete_settings, provider_for
@@ -220,18 +250,18 @@ def main(environ=os.environ) -> int:
         finally:
             close_quietly(conn)
     except ConfigError as err:
-        print(f"migrate: {err}", file=sys.stderr)
-        return 2
+        print(f"migrate: {failure_line(err, settings)}", file=sys.stderr)
+        return exit_status(err)
     except (MigrationError, DatabaseUnavailable, mysql.connector.Error) as err:
-        print(f"migrate: {explain(err, settings, getattr(credentials, 'description', None))}",
+        print(f"migrate: {failure_line(err, settings, getattr(credentials, 'description', None))}",
               file=sys.stderr)
-        return 1
+        return exit_status(err)
     except Exception as err:  # noqa: BLE001 - an AWS refusal is a message, anything else a bug
         refusal = aws_refusal(err)
         if refusal is None:
             raise
         print(f"migrate: {refusal}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(json.dumps({"event": "migrate", "applied": done, "database": settings.database}))
     return 0
 

@@ -363,3 +363,46 @@ def test_flask_seed_failures_are_one_line(make_database, case):
     else:
         assert line.startswith("Error: cannot reach the database at 127.0.0.1:"), line
         assert "check RDS_HOSTNAME/RDS_PORT" in line
+
+
+NO_AWS_CREDENTIALS = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+                      "AWS_EC2_METADATA_DISABLED": "true"}  # no instance profile here
+
+
+@pytest.mark.parametrize("command, prefix", [
+    (["-m", "app.migrate"], "migrate: "),
+    (["-m", "flask", "--app", "application", "migrate"], "Error: "),
+    (["-m", "flask", "--app", "application", "seed"], "Error: "),
+    (["-m", "app.bootstrap"], "bootstrap: "),
+])
+@pytest.mark.parametrize("case, code, says", [
+    ("invalid", 2, ["Invalid configuration (environment properties):", "RDS_PORT"]),
+    ("no AWS credentials", 2, ["(NoCredentialsError)", "attach an instance profile"]),
+    ("Secrets Manager out of reach", 3, ["(EndpointConnectionError)", "can reach Secrets Manager",
+                                         "nothing was changed; run it again (on Beanstalk: eb deploy again)"]),
+])
+def test_operator_commands_share_their_exit_statuses(tmp_path, command, prefix, case, code, says):
+    """The README's exit statuses hold for every operator command: 2 when the configuration
+    cannot be used as it is (a missing credential too), 3 when its source failed for now.
+    `flask` exited 4 (gunicorn's APP_LOAD_ERROR) on a bad setting and 1 after a 2 s pause on
+    an unreachable Secrets Manager; `python -m app.migrate` exited 2 for both."""
+    import localdb
+
+    env = {"RDS_HOSTNAME": "127.0.0.1", "RDS_PORT": "abc", "RDS_DB_NAME": "ebdb",
+           "RDS_USERNAME": "app", "RDS_PASSWORD": "pw", "DB_SSL_MODE": "disabled"}
+    if case == "no AWS credentials":  # DB_AUTH=iam: the first connection signs a token
+        localdb.make_ca(tmp_path, "ca")
+        env.update(NO_AWS_CREDENTIALS, DB_AUTH="iam", RDS_PORT=str(localdb.free_port()),
+                   AWS_REGION="eu-west-1", DB_SSL_MODE="verify-ca", DB_SSL_CA=str(tmp_path / "ca.pem"))
+    elif case == "Secrets Manager out of reach":
+        env = {"DB_AUTH": "secretsmanager", "DB_SECRET_ID": "app/db", "AWS_REGION": "eu-west-1",
+               "DB_SSL_MODE": "disabled", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "1",
+               "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{localdb.free_port()}"}
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={"PATH": os.environ["PATH"], **env})
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Secrets Manager out of reach" not in result.stderr
+    assert result.stderr.startswith(prefix), result.stderr
+    for phrase in says:
+        assert phrase in result.stderr, result.stderr
