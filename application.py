@@ -9,12 +9,22 @@ reach while a worker boots, a deploy's or a respawn's): APP_LOAD_ERROR from one 
 stop the master and every healthy worker with it. That worker exits with an ordinary status
 after a pause instead, and gunicorn starts another, which asks again.
 
+Nor when a worker of the same master loaded the app before (a worker respawned after a crash
+or a max_requests recycle, hours into its master's life): the configuration was good, and
+what failed is outside (a secret revoked or deleted since). The workers still running serve
+with what they loaded, and halting the master would take them all down for the one that
+cannot start; that one says so, exits with an ordinary status after the pause, and gunicorn
+starts another, which boots as soon as the cause is fixed. Workers mark their master's first
+successful load in a file named by its pid and start time (_loaded_marker).
+
 Loaded by the Flask CLI (`flask --app application migrate`, `seed`), there is no gunicorn to
 read a status: the error is one `Error: ` line, with the exit status `python -m app.migrate`
 gives it (2: fix the configuration; 3: its source failed for now, run it again).
 """
 
+import os
 import sys
+import tempfile
 import time
 
 from app import create_app
@@ -30,6 +40,21 @@ def _under_gunicorn() -> bool:
     return "gunicorn.arbiter" in sys.modules
 
 
+def _loaded_marker() -> str:
+    """The file that says a worker of this worker's gunicorn master (its parent) loaded the app.
+
+    Named by the master's pid and, on Linux, its start time, so that a later master with the
+    same pid does not take it for its own.
+    """
+    master = os.getppid()
+    try:
+        with open(f"/proc/{master}/stat") as stat:
+            started = stat.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    except (OSError, IndexError):
+        started = "0"
+    return os.path.join(tempfile.gettempdir(), f"flask-rds-app.{master}.{started}.loaded")
+
+
 try:
     application = create_app()
 except ConfigError as err:
@@ -43,5 +68,17 @@ except ConfigError as err:
               f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
         time.sleep(TRY_AGAIN_PAUSE)
         raise SystemExit(TRY_AGAIN) from None
+    if os.path.exists(_loaded_marker()):
+        print(f"Configuration error: this worker cannot start; the workers already running keep "
+              f"serving with the configuration they loaded. It exits in {TRY_AGAIN_PAUSE} s and "
+              f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
+        time.sleep(TRY_AGAIN_PAUSE)
+        raise SystemExit(TRY_AGAIN) from None
     print(f"Configuration error: the app cannot start.\n{err}", file=sys.stderr, flush=True)
     raise SystemExit(APP_LOAD_ERROR) from None
+else:
+    if _under_gunicorn():
+        try:
+            open(_loaded_marker(), "a").close()
+        except OSError:
+            pass  # no marker: a later failing worker halts gunicorn, as before any worker loaded

@@ -345,3 +345,66 @@ def test_iam_without_aws_credentials_is_a_503_naming_the_fix(monkeypatch, tmp_pa
     response, out = assert_503_with_event(app, capsys, "NoCredentialsError",
                                           "aws_credentials_missing", True)
     assert "attach an instance profile" in out.out
+
+
+def test_a_revoked_secret_stops_a_respawned_worker_not_gunicorn(db_user, tmp_path):
+    """The secret deleted while the app serves, then a worker dies (a crash, a max_requests
+    recycle): its replacement cannot read the secret. It exited with APP_LOAD_ERROR, which
+    halted the master and the worker still serving on its cached password with it. Now it
+    says so and gunicorn starts another; the other worker keeps serving, and once the secret
+    is back a new worker boots."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    from conftest import ROOT, procfile_command
+
+    moto_port, port = localdb.free_port(), localdb.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
+    server.start()
+    sm = boto3.client("secretsmanager", region_name="eu-west-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing", endpoint_url=f"http://127.0.0.1:{moto_port}")
+    name = f"app/db-{uuid.uuid4().hex[:8]}"  # moto's server shares the process's accounts
+    sm.create_secret(Name=name, SecretString=secret_value(db_user, db_user["password"]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_"))}
+    env.update(app_env(name), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_ENDPOINT_URL_SECRETS_MANAGER=f"http://127.0.0.1:{moto_port}",
+               WEB_CONCURRENCY="2", PORT=str(port),
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        gunicorn = subprocess.Popen(procfile_command(), cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api/users"
+    try:
+        localdb.wait_until_healthy(url, 60, process=gunicorn, output=lambda: log.read_text())
+        deadline = time.monotonic() + 60
+        while log.read_text().count('"event": "gc_frozen"') < 2:  # both workers loaded the app
+            assert time.monotonic() < deadline and gunicorn.poll() is None, log.read_text()
+            time.sleep(0.1)
+        sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+        workers = [int(pid) for pid in
+                   open(f"/proc/{gunicorn.pid}/task/{gunicorn.pid}/children").read().split()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        while log.read_text().count("this worker cannot start") < 2:  # one respawn, then another
+            assert time.monotonic() < deadline and gunicorn.poll() is None, log.read_text()
+            assert requests.get(url, timeout=10).status_code == 200  # the other worker serves
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "the workers already running keep serving with the configuration they loaded" in text
+        assert f"DB_SECRET_ID: cannot read secret {name} (ResourceNotFoundException" in text
+        assert "App failed to load" not in text and "Traceback" not in text
+        sm.create_secret(Name=name, SecretString=secret_value(db_user, db_user["password"]))
+        while log.read_text().count('"event": "gc_frozen"') < 3:  # a new worker loaded the app
+            assert time.monotonic() < deadline and gunicorn.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert requests.get(url, timeout=10).status_code == 200
+    finally:
+        localdb.stop_process(gunicorn, 30)
+        server.stop()
