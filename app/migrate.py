@@ -204,6 +204,14 @@ def explain(err: Exception, settings, source: str | None = None) -> str:
     if errno == 1044:  # ER_DBACCESS_DENIED_ERROR
         return (f"user {settings.user!r} has no privileges on {settings.database!r} ({detail}): "
                 "check RDS_DB_NAME, or grant them with the SQL scripts/provision prints")
+    if errno in (1142, 1143):  # ER_TABLEACCESS_DENIED_ERROR, ER_COLUMNACCESS_DENIED_ERROR
+        return (f"user {settings.user!r} lacks a privilege on {settings.database!r} ({detail}): "
+                "grant the app's privileges with the SQL scripts/provision prints (python -m "
+                "app.bootstrap grants them to a user it creates)")
+    if errno == 1836 or (errno == 1290 and "read" in str(err.msg).lower()):  # read-only server
+        return (f"the server at {where} is read-only, a read replica or an Aurora reader "
+                f"({detail}): point RDS_HOSTNAME at the writer (the Aurora cluster endpoint, or "
+                "the primary instance)")
     if errno == 2026 or (errno == 2055 and "SSL" in str(err.msg)):  # CR_SSL_CONNECTION_ERROR
         return f"TLS to the database at {where} failed ({detail}): check DB_SSL_MODE/DB_SSL_CA"
     return f"the database at {where} failed ({detail})"

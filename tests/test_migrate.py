@@ -406,3 +406,65 @@ def test_operator_commands_share_their_exit_statuses(tmp_path, command, prefix, 
     assert result.stderr.startswith(prefix), result.stderr
     for phrase in says:
         assert phrase in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A server of this module's own: a test makes it read-only."""
+    import localdb
+
+    server = localdb.LocalServer(basedir=tmp_path_factory.mktemp("own-db")).start()
+    yield server
+    server.remove()
+
+
+OPERATOR_COMMANDS = [(["-m", "app.migrate"], "migrate: "),
+                     (["-m", "flask", "--app", "application", "migrate"], "Error: "),
+                     (["-m", "flask", "--app", "application", "seed"], "Error: ")]
+
+
+def run_operator_command(command, env):
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={"PATH": os.environ["PATH"], **env})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.splitlines()  # warnings go to stdout as JSON
+    return line
+
+
+@pytest.mark.parametrize("command, prefix", OPERATOR_COMMANDS)
+def test_a_read_only_server_is_named_with_the_fix(own_server, command, prefix):
+    """A writer turned reader by a failover, or an Aurora reader endpoint: the line said only
+    'the database ... failed (MySQL error 1290: ...)'; now what it is and where to point."""
+    from conftest import fresh_database
+
+    with fresh_database(own_server, migrated="seed" in command) as env:
+        own_server.sql(["SET GLOBAL read_only = 1"])  # localdb's app user has no SUPER
+        try:
+            line = run_operator_command(command, {**env, "DB_CONNECT_TIMEOUT": "3"})
+        finally:
+            own_server.sql(["SET GLOBAL read_only = 0"])
+    assert line.startswith(f"{prefix}the server at 127.0.0.1:{env['RDS_PORT']} is read-only, "
+                           "a read replica or an Aurora reader (MySQL error 1290: "), line
+    assert line.endswith("point RDS_HOSTNAME at the writer (the Aurora cluster endpoint, or the "
+                         "primary instance)"), line
+
+
+@pytest.mark.parametrize("command, prefix", OPERATOR_COMMANDS)
+def test_a_missing_privilege_is_named_with_the_fix(make_database, mysql_server, command, prefix):
+    """A user that may read but not create or write: the line said only 'the database ...
+    failed (MySQL error 1142: ...)'; now whose privilege is missing, and how to grant it."""
+    import uuid
+
+    env = make_database(migrated="seed" in command)
+    user = f"ro_{uuid.uuid4().hex[:8]}"
+    mysql_server.sql([f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'Ro-password-1'",
+                      f"GRANT SELECT ON `{env['RDS_DB_NAME']}`.* TO '{user}'@'127.0.0.1'"])
+    try:
+        line = run_operator_command(command, {**env, "RDS_USERNAME": user,
+                                              "RDS_PASSWORD": "Ro-password-1"})
+    finally:
+        mysql_server.sql([f"DROP USER IF EXISTS '{user}'@'127.0.0.1'"])
+    assert line.startswith(f"{prefix}user {user!r} lacks a privilege on {env['RDS_DB_NAME']!r} "
+                           "(MySQL error 1142: "), line
+    assert "grant the app's privileges with the SQL scripts/provision prints" in line
+    assert "Ro-password-1" not in line
