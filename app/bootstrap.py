@@ -27,7 +27,7 @@ from app.credentials import (CredentialProvider, aws_error, aws_refusal, complet
                              provider_for)
 from app.db.connection import ConnectionOpener
 from app.db.errors import DatabaseUnavailable
-from app.migrate import EXIT_FAILED, exit_status, explain, failure_line
+from app.migrate import EXIT_FAILED, exit_status, explain, failure_line, parse_args
 
 # Enough to serve the API and run its migrations, on the app's database only.
 APP_GRANTS = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES"
@@ -140,7 +140,11 @@ def bootstrap(settings: Settings, credentials: CredentialProvider) -> dict:
     return {**result, "created": True}
 
 
-def main(environ=os.environ) -> int:
+def main(environ=os.environ, argv: list[str] | None = None) -> int:
+    parse_args("python -m app.bootstrap", "Make the app's database user work: when the app's "
+               "credentials are refused and DB_BOOTSTRAP_DB_ARN is set, create it (and its "
+               "database and grants) with the RDS-managed master secret.", argv,
+               failed="the user could not be made to work, or the database failed")
     from app.logs import configure_logging
 
     configure_logging("WARNING")  # as app.migrate: warnings as JSON on stdout, stderr the one line

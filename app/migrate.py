@@ -238,7 +238,22 @@ def failure_line(err: BaseException, settings, source: str | None = None) -> str
     return f"{line.rstrip('.')}; {TRY_AGAIN}" if exit_status(err) == EXIT_TRY_AGAIN else line
 
 
-def main(environ=os.environ) -> int:
+def parse_args(prog: str, description: str, argv: list[str] | None, *,
+               failed: str = "the database or a migration failed") -> None:
+    """--help, and a usage error for anything else: no operator command takes arguments, and
+    one that ignored them would run (migrate, create a user) when asked for its help."""
+    import argparse
+
+    argparse.ArgumentParser(prog=prog, description=description, epilog=(
+        f"Exit status: 0 done; {EXIT_FAILED} {failed}; {EXIT_CONFIG} the configuration (or the "
+        f"command line) cannot be used as it is; {EXIT_TRY_AGAIN} Secrets Manager failed for now: "
+        "run it again.")).parse_args(argv)
+
+
+def main(environ=os.environ, argv: list[str] | None = None) -> int:
+    parse_args("python -m app.migrate", "Apply the pending schema migrations in app/migrations to "
+               "the database the RDS_* and DB_* environment properties name; safe to run twice "
+               "or on several instances at once.", argv)
     from app.config import ConfigError, load_settings
     from app.credentials import aws_refusal, complete_settings, provider_for
     from app.db.errors import DatabaseUnavailable

@@ -468,3 +468,20 @@ def test_a_missing_privilege_is_named_with_the_fix(make_database, mysql_server, 
                            "(MySQL error 1142: "), line
     assert "grant the app's privileges with the SQL scripts/provision prints" in line
     assert "Ro-password-1" not in line
+
+
+@pytest.mark.parametrize("module", ["app.migrate", "app.bootstrap"])
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["--dry-run"], 2)])
+def test_help_and_unknown_arguments_run_nothing(make_database, module, args, code):
+    """`python -m app.migrate --help` ignored its arguments and migrated the database it was
+    pointed at (the bootstrap likewise ran). Now --help says what it does and its exit
+    statuses, and an argument it does not take is a usage error; neither touches the database."""
+    env = make_database(migrated=False)
+    result = run_module(module, env, *args)
+    assert result.returncode == code, result.stderr
+    output = result.stdout + result.stderr
+    assert f"usage: python -m {module} [-h]" in output
+    assert "event" not in output and "schema_migrations" not in tables(env)
+    if code == 0:
+        text = " ".join(result.stdout.split())  # argparse wraps it
+        assert "Exit status: 0 done; 1 " in text and "3 Secrets Manager failed for now" in text
