@@ -114,8 +114,13 @@ def bootstrap(settings: Settings, credentials: CredentialProvider) -> dict:
     if refused is None:
         return {**result, "created": False, "reason": "the app's credentials already work"}
     if not settings.bootstrap_db_arn:
+        what = {errorcode.ER_BAD_DB_ERROR: f"the database {settings.database!r} does not exist "
+                                           "(check RDS_DB_NAME)",
+                errorcode.ER_DBACCESS_DENIED_ERROR: f"user {settings.user!r} has no privileges "
+                                                    f"on {settings.database!r}",
+                }.get(refused.errno, f"the database refused user {settings.user!r}")
         raise BootstrapError(
-            f"the database refused user {settings.user!r} (MySQL error {refused.errno}) and "
+            f"{what} (MySQL error {refused.errno}) and "
             "DB_BOOTSTRAP_DB_ARN is not set: run scripts/provision with --bootstrap-user (the "
             "leader then creates the user with the RDS-managed master secret), or create the user "
             "with the SQL scripts/provision prints")

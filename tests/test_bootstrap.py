@@ -221,3 +221,25 @@ def test_migrate_logs_warnings_as_json_and_fails_in_one_line(mysql_server, fresh
     [warning] = [json.loads(entry) for entry in result.stdout.splitlines()]
     assert warning["level"] == "WARNING" and warning["event"] == "config_override"
     assert "Secret-Pw-1" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("errno", [1049, 1044])
+def test_without_a_bootstrap_secret_a_missing_database_is_named_as_such(mysql_server, fresh,
+                                                                       moto_endpoint, errno):
+    """Credentials that work on a database that does not exist (1049), or to which the user has
+    no access (1044), were reported as 'the database refused user ...': the line names the
+    database now."""
+    import localdb
+
+    env = environment(mysql_server, fresh, moto_endpoint)
+    if errno == 1049:  # a user that may see every database learns that this one is absent
+        env.update(RDS_USERNAME=getattr(mysql_server, "user", localdb.ADMIN_USER),
+                   RDS_PASSWORD=getattr(mysql_server, "password", localdb.ADMIN_PASSWORD))
+        expected = f"bootstrap: the database '{fresh['database']}' does not exist (check RDS_DB_NAME) (MySQL error 1049)"
+    else:
+        mysql_server.sql([f"CREATE USER '{fresh['user']}'@'%' IDENTIFIED BY '{env['RDS_PASSWORD']}'"])
+        expected = (f"bootstrap: user '{fresh['user']}' has no privileges on '{fresh['database']}' "
+                    "(MySQL error 1044)")
+    result = run("app.bootstrap", env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(expected + " and DB_BOOTSTRAP_DB_ARN is not set"), result.stderr
