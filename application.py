@@ -14,8 +14,8 @@ or a max_requests recycle, hours into its master's life): the configuration was 
 what failed is outside (a secret revoked or deleted since). The workers still running serve
 with what they loaded, and halting the master would take them all down for the one that
 cannot start; that one says so, exits with an ordinary status after the pause, and gunicorn
-starts another, which boots as soon as the cause is fixed. Workers mark their master's first
-successful load in a file named by its pid and start time (_loaded_marker).
+starts another, which boots as soon as the cause is fixed. gunicorn.conf.py marks a worker's
+successful load in a file of its master's (_a_worker_loaded); without that config, as before.
 
 Loaded by the Flask CLI (`flask --app application migrate`, `seed`), there is no gunicorn to
 read a status: the error is one `Error: ` line, with the exit status `python -m app.migrate`
@@ -24,7 +24,6 @@ gives it (2: fix the configuration; 3: its source failed for now, run it again).
 
 import os
 import sys
-import tempfile
 import time
 
 from app import create_app
@@ -40,19 +39,11 @@ def _under_gunicorn() -> bool:
     return "gunicorn.arbiter" in sys.modules
 
 
-def _loaded_marker() -> str:
-    """The file that says a worker of this worker's gunicorn master (its parent) loaded the app.
-
-    Named by the master's pid and, on Linux, its start time, so that a later master with the
-    same pid does not take it for its own.
-    """
-    master = os.getppid()
-    try:
-        with open(f"/proc/{master}/stat") as stat:
-            started = stat.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime
-    except (OSError, IndexError):
-        started = "0"
-    return os.path.join(tempfile.gettempdir(), f"flask-rds-app.{master}.{started}.loaded")
+def _a_worker_loaded() -> bool:
+    """True when a worker of this gunicorn master loaded the app before: gunicorn.conf.py's
+    post_worker_init creates the file its on_starting named in APP_WORKER_LOADED_MARK."""
+    mark = os.environ.get("APP_WORKER_LOADED_MARK")
+    return bool(mark) and os.path.exists(mark)
 
 
 try:
@@ -68,7 +59,7 @@ except ConfigError as err:
               f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
         time.sleep(TRY_AGAIN_PAUSE)
         raise SystemExit(TRY_AGAIN) from None
-    if os.path.exists(_loaded_marker()):
+    if _a_worker_loaded():
         print(f"Configuration error: this worker cannot start; the workers already running keep "
               f"serving with the configuration they loaded. It exits in {TRY_AGAIN_PAUSE} s and "
               f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
@@ -76,9 +67,3 @@ except ConfigError as err:
         raise SystemExit(TRY_AGAIN) from None
     print(f"Configuration error: the app cannot start.\n{err}", file=sys.stderr, flush=True)
     raise SystemExit(APP_LOAD_ERROR) from None
-else:
-    if _under_gunicorn():
-        try:
-            open(_loaded_marker(), "a").close()
-        except OSError:
-            pass  # no marker: a later failing worker halts gunicorn, as before any worker loaded

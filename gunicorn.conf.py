@@ -9,7 +9,9 @@ environment properties.
 import gc
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 from gunicorn.glogging import Logger
@@ -99,10 +101,30 @@ def on_starting(arbiter):
         halt(reason=reason, exit_status=exit_status)
 
     arbiter.halt = halt_reaping_quietly
+    _mark_for_loaded_workers()
+
+
+# application.py reads it: the file exists once a worker of this master has loaded the app.
+WORKER_LOADED_MARK = "APP_WORKER_LOADED_MARK"
+
+
+def _mark_for_loaded_workers() -> None:
+    """Name, in the environment the workers inherit, a file of this master's that
+    post_worker_init creates: a worker that cannot load the app later (a secret revoked hours
+    into the master's life) then exits for a respawn instead of halting every serving worker
+    (application.py). A directory of its own, removed by on_exit."""
+    os.environ[WORKER_LOADED_MARK] = os.path.join(tempfile.mkdtemp(prefix="gunicorn-app-"), "loaded")
+
+
+def on_exit(arbiter):
+    mark = os.environ.get(WORKER_LOADED_MARK)
+    if mark:
+        shutil.rmtree(os.path.dirname(mark), ignore_errors=True)
 
 
 def post_worker_init(worker):
-    """Once the worker has built the app: collect, then freeze what is left (gc.freeze).
+    """Once the worker has built the app: mark that one did (_mark_for_loaded_workers), collect,
+    then freeze what is left (gc.freeze).
 
     The imports (Flask, pydantic, SQLAlchemy, the driver) leave about 70,000 objects that live
     as long as the worker. Unfrozen, every full collection walks them all with the GIL held,
@@ -110,6 +132,9 @@ def post_worker_init(worker):
     round 6); frozen, collections walk only what requests create. Collecting first keeps the
     startup's garbage out of the frozen set, which is never collected.
     """
+    mark = os.environ.get(WORKER_LOADED_MARK)
+    if mark:
+        open(mark, "a").close()
     started = time.perf_counter()
     gc.collect()
     gc.freeze()

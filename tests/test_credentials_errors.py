@@ -374,8 +374,9 @@ def test_a_revoked_secret_stops_a_respawned_worker_not_gunicorn(db_user, tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_"))}
     env.update(app_env(name), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_ENDPOINT_URL_SECRETS_MANAGER=f"http://127.0.0.1:{moto_port}",
-               WEB_CONCURRENCY="2", PORT=str(port),
+               WEB_CONCURRENCY="2", PORT=str(port), TMPDIR=str(tmp_path / "tmp"),
                PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "tmp").mkdir()
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
         gunicorn = subprocess.Popen(procfile_command(), cwd=ROOT, env=env, stdout=out,
@@ -405,6 +406,11 @@ def test_a_revoked_secret_stops_a_respawned_worker_not_gunicorn(db_user, tmp_pat
             assert time.monotonic() < deadline and gunicorn.poll() is None, log.read_text()
             time.sleep(0.1)
         assert requests.get(url, timeout=10).status_code == 200
+        # The mark is the master's (gunicorn.conf.py): one file in a directory of its own...
+        assert [p.name for p in (tmp_path / "tmp").glob("gunicorn-app-*/*")] == ["loaded"]
+        localdb.stop_process(gunicorn, 30)
+        assert gunicorn.returncode == 0
+        assert not list((tmp_path / "tmp").glob("gunicorn-app-*"))  # ...which it removes as it exits
     finally:
         localdb.stop_process(gunicorn, 30)
         server.stop()
