@@ -327,3 +327,28 @@ def test_through_gunicorn_the_deployment_default(db_env, start_gunicorn):
     output = server.output()
     assert '"event": "auth_failed"' in output and f'"key_id": "{printed[:8]}"' in output
     assert key not in output and wrong not in output
+
+
+def test_a_key_in_the_query_string_counts_for_nothing(make_app):
+    """README API keys, Logs: only the Authorization header carries a key. In the query string
+    it is refused where a key is needed (401); where none is, the request is answered as
+    without it, except by GET /api/users, which refuses any parameter it does not take (the
+    README said 400 for every such request: GET /api/users/1?access_token=... answers 200)."""
+    key = secrets.token_urlsafe(32)
+    writes = make_app(API_AUTH="writes", API_KEY_SHA256=digest(key)).test_client()
+    user_id = writes.post("/api/users", json=USER, headers=bearer(key)).get_json()["id"]
+    for name in ("access_token", "api_key"):
+        query = f"?{name}={key}"
+        assert_unauthorized(writes.post(f"/api/users{query}", json={**USER, "email": "q@example.com"}),
+                            invalid=False)
+        assert_unauthorized(writes.delete(f"/api/users/{user_id}{query}"), invalid=False)
+        listed = writes.get(f"/api/users{query}")
+        assert listed.status_code == 400 and listed.get_json()["error"]["code"] == "invalid_parameter"
+        assert [d["field"] for d in listed.get_json()["error"]["details"]] == [name]
+        one = writes.get(f"/api/users/{user_id}{query}")
+        assert one.status_code == 200 and one.get_json() == writes.get(f"/api/users/{user_id}").get_json()
+        assert writes.get(f"/health{query}").status_code == 200
+        for response in (listed, one):
+            assert key not in response.get_data(as_text=True)
+    logs = (ROOT / "README.md").read_text().split("- **Logs.** ", 1)[1].split("\n- **", 1)[0]
+    assert "`401` where a key is needed; elsewhere the request is answered as without it" in " ".join(logs.split())
