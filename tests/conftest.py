@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,18 @@ def readme_lines(containing: str) -> list[str]:
     """Command lines of the README's sh blocks that contain `containing`."""
     return [line.strip() for block in readme_blocks("sh") for line in block.splitlines()
             if containing in line]
+
+
+def copy_project(tmp_path: Path, name: str = "project") -> Path:
+    """The project's files as a fresh clone has them, in tmp_path/name (for runs that write
+    into the project)."""
+    project = tmp_path / name
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for file in filter(None, files.decode().split("\0")):  # this working tree's, as committed next
+        if (ROOT / file).exists():
+            (project / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / file, project / file)
+    return project
 
 @pytest.fixture(scope="session")
 def mysql_server():

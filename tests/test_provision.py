@@ -23,7 +23,7 @@ import yaml
 from moto import mock_aws
 
 import localdb
-from conftest import ROOT, load_script, readme_blocks, readme_lines
+from conftest import ROOT, copy_project, load_script, readme_blocks, readme_lines
 
 REGION = "eu-west-1"
 # Not moto's default 123456789012: that is AWS's documentation example, which scripts/bundle
@@ -768,17 +768,6 @@ def test_instance_without_a_database_gets_create_database_in_the_sql(aws, capsys
     assert code == 0
     assert "nodb has no database yet" in out
     assert "CREATE DATABASE IF NOT EXISTS `ebdb`" in out
-
-
-def copy_project(tmp_path):
-    """The project's files as a fresh clone has them (for runs that write into the project)."""
-    project = tmp_path / "project"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        if (ROOT / name).exists():
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, project / name)
-    return project
 
 
 def bundle(project, *args):

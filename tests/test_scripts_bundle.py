@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, copy_project
 
 
 def bundle(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -44,12 +43,7 @@ OPTIONS = """option_settings:
 def provisioned_clone(tmp_path: Path) -> Path:
     """A copy of the project's files after `scripts/provision --write-options` and `eb init` (config.yml as the
     EB CLI writes it)."""
-    clone = tmp_path / "clone"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
-    for name in filter(None, files.decode().split("\0")):  # this working tree's, as committed next
-        if (ROOT / name).exists():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, clone / name)
+    clone = copy_project(tmp_path, "clone")
     (clone / ".ebextensions" / "02-database-options.config").write_text(OPTIONS)
     (clone / ".elasticbeanstalk").mkdir()
     (clone / ".elasticbeanstalk" / "config.yml").write_text(
