@@ -91,6 +91,24 @@ def copy_project(tmp_path: Path, name: str = "project") -> Path:
             shutil.copy2(ROOT / file, project / file)
     return project
 
+
+def run_hiding(folders: list[str], command: list[str], *, env: dict[str, str], probe: str,
+               cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`command` on this machine as one without what `folders` hold: in a mount namespace where
+    each of them is an empty tmpfs. `probe`, a shell condition, says they are hidden (no
+    mariadbd, say); the test skips where it cannot make such a machine (no root, no unshare(1),
+    no CAP_SYS_ADMIN, or what it hides found elsewhere)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to hide " + ", ".join(folders))
+    hide = " && ".join(f"mount -t tmpfs none {d}" for d in folders if os.path.isdir(d))
+    namespace = ["unshare", "-m", "--propagation", "private", "sh", "-c"]
+    hidden = subprocess.run([*namespace, f"{hide} && {probe} && echo hidden"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    if hidden.stdout.splitlines()[-1:] != ["hidden"]:
+        pytest.skip(f"cannot hide {', '.join(folders)} here: {hidden.stdout}{hidden.stderr}".strip())
+    return subprocess.run([*namespace, f'{hide} && exec "$@"', "sh", *command], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
 @pytest.fixture(scope="session")
 def mysql_server():
     url = os.environ.get("TEST_DATABASE_URL")

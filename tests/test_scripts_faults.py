@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_hiding
 
 
 @pytest.mark.parametrize("args, says", [
@@ -37,21 +36,11 @@ def test_bad_arguments_are_refused_before_anything_starts(args, says):
 
 
 def run_without_a_server_binary(command: list[str]) -> subprocess.CompletedProcess:
-    """`command` on this machine as one without mariadbd/mysqld: in a mount namespace whose
-    /usr/sbin (and /usr/local/sbin, /usr/libexec) are empty."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and unshare(1) to hide the server binaries")
-    hide = " && ".join(f"mount -t tmpfs none {d}" for d in ("/usr/sbin", "/usr/local/sbin", "/usr/libexec")
-                       if os.path.isdir(d))
+    """`command` on this machine as one without mariadbd/mysqld: /usr/sbin (and /usr/local/sbin,
+    /usr/libexec) are empty."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"}
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            f"{hide} && ! command -v mariadbd mysqld && echo hidden"], env=env,
-                           capture_output=True, text=True)
-    if probe.stdout != "hidden\n":  # unshare or mount refused (no CAP_SYS_ADMIN), or a binary elsewhere
-        pytest.skip(f"cannot hide the server binaries here: {probe.stdout}{probe.stderr}")
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                           f'{hide} && exec "$@"', "sh", *command], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_hiding(["/usr/sbin", "/usr/local/sbin", "/usr/libexec"], command, env=env,
+                      probe="! command -v mariadbd mysqld")
 
 
 @pytest.mark.parametrize("command, prefix", [
