@@ -81,15 +81,19 @@ def on_starting(arbiter):
                 return
             if not pid:
                 return
+            if pid == arbiter.reexec_pid:  # a new master started by USR2, as gunicorn reaps it
+                arbiter.reexec_pid = 0
+                continue
             code = os.waitstatus_to_exitcode(status)
             if code > 0:
                 arbiter.log.error("Worker (pid:%s) exited with code %s", pid, code)
-            elif code < 0:  # the master's own SIGTERM (or SIGKILL after graceful_timeout)
+            elif code < 0:  # killed, e.g. after graceful_timeout: an error, as gunicorn says it
                 try:
                     name = signal.Signals(-code).name
                 except ValueError:  # a real-time signal has no name
-                    name = f"signal {-code}"
-                arbiter.log.info("Worker (pid:%s) ended by %s", pid, name)
+                    name = f"code {-code}"
+                hint = " Perhaps out of memory?" if -code == signal.SIGKILL else ""
+                arbiter.log.error("Worker (pid:%s) was sent %s!%s", pid, name, hint)
             worker = arbiter.WORKERS.pop(pid, None)
             if worker:
                 worker.tmp.close()
@@ -155,7 +159,8 @@ def client_address(environ) -> str | None:
     without a proxy in front (nginx appended its peer); with none it reached gunicorn directly.
     """
     forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-    hops = [hop.strip() for hop in forwarded.split(",")] if forwarded else []
+    # rsplit: the two entries on the right, however long a chain the client forged on the left
+    hops = [hop.strip() for hop in forwarded.rsplit(",", 2)[-2:]] if forwarded else []
     if len(hops) >= 2:
         return hops[-2]
     return hops[-1] if hops else environ.get("REMOTE_ADDR")

@@ -255,6 +255,17 @@ def start_gunicorn(tmp_path):
         g.stop()
 
 
+@pytest.fixture
+def slow_gunicorn(start_gunicorn, monkeypatch):
+    """start_gunicorn serving tests/slow_app.py (the app plus /_test/sleep) with the
+    Procfile's command and gunicorn.conf.py."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "procfile_command",
+                        lambda: localdb.procfile_command(conftest.ROOT, "tests.slow_app:application"))
+    return start_gunicorn
+
+
 @pytest.fixture(scope="session")
 def eb_venv() -> Path:
     """The README's EB CLI install, run for real (a virtualenv of its own)."""

@@ -225,6 +225,35 @@ def test_workers_that_cannot_load_the_app_stop_gunicorn_with_its_reason_and_no_t
         assert output.count("Configuration error: the app cannot start.") == 4
 
 
+def test_a_worker_killed_while_gunicorn_stops_is_logged_as_an_error(db_env, mysql_server,
+                                                                   slow_gunicorn):
+    """While the master stops (a deploy, a scale-in) a worker still finishing a request may be
+    killed: by the master after graceful_timeout, or by the kernel out of memory. gunicorn.conf.py
+    reaps workers itself while the master halts; it logs that as gunicorn does, an error naming
+    the signal, which an alarm on the log can catch (it was an INFO line)."""
+    from test_resilience import connection_running
+
+    server = slow_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
+    [worker] = server.worker_pids(expect=1)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(requests.get, server.url + "/_test/sleep?s=8", timeout=30)
+        connection_running(mysql_server, db_env["RDS_DB_NAME"], "INFO LIKE 'SELECT SLEEP%'")
+        os.kill(server.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "Handling signal: term" not in server.output():
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the master is in halt(), waiting for its worker
+        os.kill(worker, signal.SIGKILL)
+        assert server.process.wait(30) == 0
+        with pytest.raises(requests.exceptions.ConnectionError):
+            held.result()
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    [killed] = [line for line in lines if "SIGKILL" in line.get("message", "")]
+    assert killed["level"] == "ERROR", killed
+    assert killed["message"] == f"Worker (pid:{worker}) was sent SIGKILL! Perhaps out of memory?"
+
+
 def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gunicorn):
     """Stop the server under steady load, keep it down, start it on the same port."""
     db = localdb.LocalServer(basedir=tmp_path / "db").start()
