@@ -150,17 +150,6 @@ def test_read_only_writer_answers_503_only_while_read_only(own_server, own_env, 
     assert "Traceback" not in server.output()
 
 
-@pytest.fixture
-def slow_gunicorn(start_gunicorn, monkeypatch):
-    """start_gunicorn serving tests/slow_app.py (the app plus /_test/sleep) with the
-    Procfile's command and gunicorn.conf.py."""
-    import conftest
-
-    monkeypatch.setattr(conftest, "procfile_command",
-                        lambda: localdb.procfile_command(conftest.ROOT, "tests.slow_app:application"))
-    return start_gunicorn
-
-
 def connection_running(server, database, where: str, timeout=10):
     """The id of the connection in `database` whose statement matches `where` (a condition on
     information_schema.PROCESSLIST), once there is one."""
@@ -181,7 +170,7 @@ def test_health_waits_while_every_thread_waits_on_the_database(db_env, mysql_ser
     env = {**db_env, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2"}
     server = slow_gunicorn(env)
     assert requests.get(server.url + "/health", timeout=10).status_code == 200
-    with faults.Load(lambda n: faults.send("GET", server.url + "/_test/sleep?s=4"), threads=2) as load:
+    with faults.Load(lambda n: faults.send("GET", server.url + "/_test/sleep?s=6"), threads=2) as load:
         deadline = time.monotonic() + 10
         while len(mysql_server.sql([
                 "SELECT ID FROM information_schema.PROCESSLIST "
