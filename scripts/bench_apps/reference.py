@@ -22,7 +22,7 @@ SELECT_PAGE = ("SELECT id, email, name, DATE_FORMAT(created_at, '%Y-%m-%dT%TZ') 
 SESSION = {"time_zone": "+00:00", "charset": "utf8mb4", "collation": "utf8mb4_unicode_ci"}
 
 
-# The headers app/__init__.py's SecurityHeaders adds to every response, written out again.
+# The headers app/web.py's SecurityHeaders adds to every response, written out again.
 SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 
 
