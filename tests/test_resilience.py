@@ -150,17 +150,17 @@ def test_read_only_writer_answers_503_only_while_read_only(own_server, own_env, 
     assert "Traceback" not in server.output()
 
 
-def connection_running(server, database, where: str, timeout=10):
+def connection_running(server, database, where: str, timeout=10, count=1):
     """The id of the connection in `database` whose statement matches `where` (a condition on
-    information_schema.PROCESSLIST), once there is one."""
+    information_schema.PROCESSLIST), once there are `count` such connections."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{database}' "
                            f"AND {where}"])
-        if rows:
+        if len(rows) >= count:
             return rows[0][0]
         time.sleep(0.02)
-    raise AssertionError(f"no statement in {database} where {where}")
+    raise AssertionError(f"fewer than {count} statements in {database} where {where}")
 
 
 def test_health_waits_while_every_thread_waits_on_the_database(db_env, mysql_server, slow_gunicorn):
@@ -171,12 +171,7 @@ def test_health_waits_while_every_thread_waits_on_the_database(db_env, mysql_ser
     server = slow_gunicorn(env)
     assert requests.get(server.url + "/health", timeout=10).status_code == 200
     with faults.Load(lambda n: faults.send("GET", server.url + "/_test/sleep?s=6"), threads=2) as load:
-        deadline = time.monotonic() + 10
-        while len(mysql_server.sql([
-                "SELECT ID FROM information_schema.PROCESSLIST "
-                f"WHERE DB = '{env['RDS_DB_NAME']}' AND INFO LIKE 'SELECT SLEEP%'"])) < 2:
-            assert time.monotonic() < deadline, "the two sleeping requests never both ran"
-            time.sleep(0.02)
+        connection_running(mysql_server, env["RDS_DB_NAME"], "INFO LIKE 'SELECT SLEEP%'", count=2)
         with pytest.raises(requests.exceptions.ReadTimeout):
             requests.get(server.url + "/health", timeout=1.5)
         load.wait_for(faults.ok, 2)  # the two held requests end well
