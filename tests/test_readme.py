@@ -70,7 +70,7 @@ def script_reads() -> set[str]:
         if not path.is_file():
             continue
         text = path.read_text()
-        if text.startswith("#!/usr/bin/env bash"):
+        if text.startswith("#!/usr/bin/env bash") or path.suffix == ".sh":  # .sh: sourced
             names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", text))
         else:
             names |= os_environ_reads(ast.parse(text))
