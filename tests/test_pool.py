@@ -7,6 +7,7 @@ import time
 import mysql.connector
 import pytest
 
+from app import create_app
 from app.config import load_settings
 from app.credentials import StaticPassword
 from app.db import Database, DatabaseUnavailable, PoolTimeout
@@ -511,3 +512,37 @@ def test_server_refusals_are_classified_as_misconfiguration(db_env):
         pool.borrow()
     assert (raised.value.reason, raised.value.errno) == ("access_denied", 1045)
     assert "not-the-password" not in str(raised.value)
+
+
+def test_an_idempotent_statement_on_a_dead_connection_is_retried_on_a_fresh_one(db_env, mysql_server):
+    """START TRANSACTION changes nothing: on a pooled connection that died while idle (a
+    failover, a restart) it is sent again on a fresh one, as a read is, so the write that
+    follows succeeds; a write itself still is not retried (the test above)."""
+    pool = make_pool(db_env, size=1, idle_ping=3600)
+    lease = pool.borrow()
+    kill(mysql_server, lease.connection_id)
+    lease.execute("START TRANSACTION READ WRITE", idempotent=True)
+    assert lease.execute("INSERT INTO users (email, name) VALUES ('i@example.com', 'I')")[0] == 1
+    lease.execute("COMMIT")
+    lease.release()
+    assert pool.stats()["opened"] == 2 and pool.stats()["closed"] == 1
+    lease = pool.borrow()
+    assert lease.query("SELECT email FROM users") == [{"email": "i@example.com"}]
+    lease.release()
+    pool.dispose()
+
+
+def test_a_create_after_its_pooled_connection_died_while_idle_succeeds(db_env, mysql_server):
+    """Through the app: POST /api/users on a pooled connection the server dropped (a failover,
+    a restart) is a 201, as a GET's retry makes it 200; it was a 503 (the START's 2013)."""
+    app = create_app({**db_env, "DB_POOL_SIZE": "1", "DB_POOL_IDLE_PING": "3600"})
+    client = app.test_client()
+    assert client.get("/api/users").status_code == 200
+    lease = app.extensions["database"].borrow()
+    idle = lease.connection_id
+    lease.release()
+    kill(mysql_server, idle)
+    response = client.post("/api/users", json={"email": "after@example.com", "name": "A"})
+    assert response.status_code == 201, response.get_json()
+    assert client.get("/api/users").get_json()["data"][-1]["email"] == "after@example.com"
+    app.extensions["database"].dispose()

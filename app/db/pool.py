@@ -425,22 +425,30 @@ class Lease:
         except mysql.connector.Error as err:
             self._raise(err, started)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
+    def execute(self, sql: str, params: Sequence[Any] = (), *,
+                idempotent: bool = False) -> tuple[int, int | None]:
         """Run a write; return (rowcount, lastrowid).
 
         A write that may have been applied is never retried. One the server refused before
         running it (a writer turned read-only by a failover, a session it had already closed
         for idleness) is retried once on a fresh connection, outside a transaction only.
+        `idempotent`: the statement changes nothing when sent twice (START TRANSACTION), so a
+        broken connection is retried as a read's is: a pooled connection that died while idle
+        (a failover, a restart) costs a write no request either.
         """
         started = time.monotonic()
         try:
             return self._execute(sql, params)
         except mysql.connector.Error as err:
-            if not was_not_applied(err) or self._in_transaction():
+            refused = was_not_applied(err)
+            retry = refused or (idempotent and is_connection_error(err)
+                                and not self._timed_out(err, started))
+            if not retry or self._in_transaction():
                 self._raise(err, started)
-            log.warning("the database refused a write without applying it (errno %s); "
-                        "retrying once on a fresh connection", err.errno,
-                        extra={"event": "db_write_refused", "errno": err.errno})
+            if refused:
+                log.warning("the database refused a write without applying it (errno %s); "
+                            "retrying once on a fresh connection", err.errno,
+                            extra={"event": "db_write_refused", "errno": err.errno})
         self._replace()
         started = time.monotonic()
         try:

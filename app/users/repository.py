@@ -42,8 +42,9 @@ def create_user(db: Lease, *, email: str, name: str) -> dict[str, Any]:
     READ WRITE: a read-only server (a writer mid-failover) refuses the START itself (1290),
     outside any transaction, so the lease retries it once on a fresh connection as it would
     the INSERT; a plain START would succeed there and leave the INSERT's refusal unretried.
+    The START changes nothing, so a pooled connection found dead by it is retried too.
     """
-    db.execute("START TRANSACTION READ WRITE")
+    db.execute("START TRANSACTION READ WRITE", idempotent=True)
     try:
         _, user_id = db.execute("INSERT INTO users (email, name) VALUES (%s, %s)", (email, name))
     except IntegrityError as err:
