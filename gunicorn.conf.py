@@ -70,6 +70,8 @@ def on_starting(arbiter):
     of the JSON "Reason: App failed to load.", and exit status 1 instead of 4 (with 4 workers,
     nearly every time; benoitc/gunicorn#2186). A worker's exit while halting is logged like
     gunicorn's own, and its process forgotten.
+
+    Also names the file that says a worker has loaded the app (_mark_for_loaded_workers).
     """
     halt = arbiter.halt
 
