@@ -32,6 +32,20 @@ CUSTOM_OPTIONS = DG + "configuration-options-custom.html"
 ENVIRONMENT_SECRETS = DG + "AWSHowTo.secrets.env-vars.html"
 # The ALB target group's matcher: codes and ranges of codes (Beanstalk's MatcherHTTPCode feeds it).
 ELB_MATCHER = "https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_Matcher.html"
+# The target group's health check settings, which a process's options become: timeout 2 to 120 s,
+# interval 5 to 300 s, thresholds 2 to 10.
+TARGET_GROUP_HEALTH = ("https://docs.aws.amazon.com/elasticloadbalancing/latest/application/"
+                       "target-group-health-checks.html")
+# Elastic Load Balancing's health check: "This value [Timeout] must be less than the Interval
+# value". The target group guide gives no such sentence, but CreateTargetGroup enforces the same
+# rule ("Health check interval must be greater than the timeout", ValidationError, quoted in
+# aws/aws-cdk#3703 and hashicorp/terraform-provider-aws#2366).
+ELB_HEALTH_CHECK = "https://docs.aws.amazon.com/elasticloadbalancing/2012-06-01/APIReference/API_HealthCheck.html"
+# The rolling update policy Beanstalk's aws:autoscaling:updatepolicy:rollingupdate options set on
+# the environment's Auto Scaling group: MinInstancesInService "must be less than the MaxSize of
+# the Auto Scaling group".
+UPDATE_POLICY = ("https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-attribute-updatepolicy.html"
+                 "#cfn-attributes-updatepolicy-rollingupdate-mininstancesinservice")
 
 ENVIRONMENT = "aws:elasticbeanstalk:application:environment"
 PYTHON_CONTAINER = "aws:elasticbeanstalk:container:python"
@@ -88,9 +102,23 @@ def _codes(low: int, high: int) -> Values:
     return Values(f"HTTP codes from {low} to {high}, comma-separated (ranges like 200-299 too)", accepts)
 
 
-# PauseTime and Timeout: ISO 8601 durations, PT#H#M#S (GENERAL, rolling updates).
-ISO_DURATION = Values("an ISO 8601 duration such as PT5M or PT1H30M",
-                      lambda value, balancer: bool(re.fullmatch(r"PT(?=\d)(\d+H)?(\d+M)?(\d+S)?", value)))
+def duration_seconds(text: str) -> int | None:
+    """An ISO 8601 duration in Beanstalk's form PT#H#M#S, in seconds; None for anything else."""
+    match = re.fullmatch(r"PT(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?", text.strip())
+    if not match:
+        return None
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def iso_duration(low: str, high: str) -> Values:
+    """PauseTime and Timeout: PT#H#M#S within the range the page gives (GENERAL, rolling updates)."""
+    def accepts(value: str, _balancer: str) -> bool:
+        seconds = duration_seconds(value)
+        return seconds is not None and duration_seconds(low) <= seconds <= duration_seconds(high)
+    return Values(f"an ISO 8601 duration such as PT5M or PT1H30M, from {low} to {high}", accepts)
+
+
 # "A routable path" (GENERAL), default `/`: an absolute path with no spaces, the form a request's
 # path takes (RFC 9112 origin-form), like the ALB's ping path (default `/`) and Application
 # Healthcheck URL ("a path starting with /").
@@ -110,7 +138,9 @@ def _process() -> Namespace:
         "DeregistrationDelay": integer(0, 3600),
         "HealthCheckInterval": _by_balancer(integer(5, 300), one_of("10", "30")),
         "HealthCheckPath": HEALTH_CHECK_PATH,
-        "HealthCheckTimeout": integer(1, 60),
+        # Beanstalk's page says 1 to 60; the target group it configures refuses 1 (2 to 120).
+        "HealthCheckTimeout": Values(f"a whole number from 2 to 60 (Beanstalk takes 1 to 60, the target "
+                                     f"group 2 to 120: {TARGET_GROUP_HEALTH})", integer(2, 60).accepts),
         "HealthyThresholdCount": integer(2, 10),
         "MatcherHTTPCode": _by_balancer(_codes(200, 499), _codes(200, 399)),
         "Port": integer(1, 65535),
@@ -176,8 +206,8 @@ NAMESPACES: dict[str, Namespace] = {
             "MinInstancesInService": integer(0, 9999),
             "RollingUpdateEnabled": BOOLEAN,
             "RollingUpdateType": one_of("Time", "Health", "Immutable"),
-            "PauseTime": ISO_DURATION,
-            "Timeout": ISO_DURATION,
+            "PauseTime": iso_duration("PT0S", "PT1H"),
+            "Timeout": iso_duration("PT5M", "PT1H"),
         }),
     "aws:ec2:instances": Namespace(GENERAL + "#command-options-general-ec2instances", {
         "EnableSpot": BOOLEAN,
@@ -367,9 +397,81 @@ def check(settings: list[Setting], staging: Path, procfile_target: str | None) -
                    f"LoadBalancerType: {types[0]} (the type is chosen at creation only)")
             problems.append(f"{name}: {ns_name} {option} applies to {which} only, and {fix} "
                             f"({GENERAL}#command-options-general-elasticbeanstalkenvironment)")
+    problems += _related_options(settings, balancer)
     problems += _environment_properties(settings)
     problems += _static_files(settings, staging)
     problems += _python_container(settings, staging, procfile_target)
+    return problems
+
+
+# Beanstalk's defaults for the options the rules below compare (GENERAL): with an application
+# load balancer a health check every 15 s that times out after 5; an Auto Scaling group of at
+# most 4; deployment batches as a percentage.
+DEFAULTS = {("aws:elasticbeanstalk:environment:process:", "HealthCheckInterval"): "15",
+            ("aws:elasticbeanstalk:environment:process:", "HealthCheckTimeout"): "5",
+            ("aws:autoscaling:asg", "MaxSize"): "4",
+            ("aws:elasticbeanstalk:command", "BatchSizeType"): "Percentage"}
+
+
+def _related_options(settings: list[Setting], balancer: str) -> list[str]:
+    """Rules between options, each valid alone, that the pages state (the last file setting an option wins).
+
+    Only pairs of values that passed their own checks are compared: a value out of range has
+    its own message already.
+    """
+    final: dict[tuple[str, str], tuple[str, str]] = {}
+    for name, ns_name, option, value in settings:
+        ns = namespace(ns_name)
+        if ns is not None and not ns.any_name and option in ns.options and ns.options[option].accepts(value, balancer):
+            final[(ns_name, option)] = (name, value.strip())
+
+    def get(ns_name: str, option: str, default_ns: str | None = None):
+        """(file or None for Beanstalk's default, value as int or text)."""
+        if (ns_name, option) in final:
+            name, value = final[(ns_name, option)]
+        else:
+            name, value = None, DEFAULTS[(default_ns or ns_name, option)]
+        return name, (int(value) if _integer(value) is not None else value)
+
+    def shown(name: str | None, value) -> str:
+        return f"{value} (set in {name})" if name else f"{value} (not set: Beanstalk's default)"
+
+    problems = []
+    processes = sorted({ns for ns, _ in final if ns.startswith("aws:elasticbeanstalk:environment:process:")})
+    for ns_name in processes if balancer == "application" else []:
+        timeout_file, timeout = get(ns_name, "HealthCheckTimeout", "aws:elasticbeanstalk:environment:process:")
+        interval_file, interval = get(ns_name, "HealthCheckInterval", "aws:elasticbeanstalk:environment:process:")
+        if timeout >= interval and (timeout_file or interval_file):
+            problems.append(
+                f"{timeout_file or interval_file}: {ns_name} HealthCheckTimeout {shown(timeout_file, timeout)} is not "
+                f"below HealthCheckInterval {shown(interval_file, interval)}: the load balancer refuses a health "
+                f"check whose timeout is not shorter than its interval, and the environment's stack fails; set "
+                f"HealthCheckTimeout below {interval}, or HealthCheckInterval above {timeout} "
+                f"({ELB_HEALTH_CHECK}; {TARGET_GROUP_HEALTH})")
+
+    rolling = "aws:autoscaling:updatepolicy:rollingupdate"
+    max_file, max_size = get("aws:autoscaling:asg", "MaxSize")
+    if (rolling, "MinInstancesInService") in final:
+        name, minimum = get(rolling, "MinInstancesInService")
+        if minimum >= max_size:
+            problems.append(
+                f"{name}: {rolling} MinInstancesInService {minimum} is not below aws:autoscaling:asg MaxSize "
+                f"{shown(max_file, max_size)}: CloudFormation's rolling update policy requires it to be less; "
+                f"set MinInstancesInService to at most {max_size - 1}, or raise MaxSize "
+                f"({UPDATE_POLICY}; {NAMESPACES[rolling].doc})")
+
+    command = "aws:elasticbeanstalk:command"
+    if (command, "BatchSize") in final:
+        name, size = get(command, "BatchSize")
+        type_file, size_type = get(command, "BatchSizeType")
+        high = 100 if size_type == "Percentage" else max_size
+        if size > high:
+            limit = ("100 (a percentage of the instances)" if size_type == "Percentage" else
+                     f"aws:autoscaling:asg MaxSize, {shown(max_file, max_size)}")
+            problems.append(
+                f"{name}: {command} BatchSize {size} with BatchSizeType {shown(type_file, size_type)} is not "
+                f"valid: it must be from 1 to {limit}; set BatchSize to at most {high} "
+                f"({NAMESPACES[command].doc})")
     return problems
 
 

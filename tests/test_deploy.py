@@ -457,6 +457,85 @@ def test_rehearsal_passes_the_option_settings_that_ship(bundle, tmp_path):
     assert "options not modelled in aws:elasticbeanstalk:sqsd" in result.stdout
 
 
+TARGET_GROUP_HEALTH = "https://docs.aws.amazon.com/elasticloadbalancing/latest/application/target-group-health-checks.html"
+ELB_HEALTH_CHECK = "https://docs.aws.amazon.com/elasticloadbalancing/2012-06-01/APIReference/API_HealthCheck.html"
+UPDATE_POLICY = ("https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-attribute-updatepolicy.html"
+                 "#cfn-attributes-updatepolicy-rollingupdate-mininstancesinservice")
+ROLLOUT = ".ebextensions/06-rollout.config"
+
+
+def test_rehearsal_checks_the_rules_between_options(bundle, tmp_path):
+    """Values each within its own range that AWS refuses together, and ranges the model had too
+    wide, in one broken copy (one rehearsal run): a health check timeout not below its interval
+    (ELB_HEALTH_CHECK: "must be less than the Interval value"; CreateTargetGroup refuses it) or
+    under the target group's 2 s (TARGET_GROUP_HEALTH); PauseTime beyond PT1H and Timeout under
+    PT5M (GENERAL#command-options-general-autoscalingupdatepolicyrollingupdate);
+    MinInstancesInService not below MaxSize (UPDATE_POLICY); a Fixed BatchSize above MaxSize
+    (GENERAL#command-options-general-elasticbeanstalkcommand). The model accepted all six."""
+    broken = broken_copy(bundle, tmp_path / "related.zip", _replace(
+        ENV01, b'HealthCheckInterval: "15"\n', b'HealthCheckInterval: "15"\n    HealthCheckTimeout: "15"\n'))
+    with zipfile.ZipFile(broken, "a") as zf:
+        zf.writestr(ROLLOUT, "option_settings:\n"
+                             "  aws:elasticbeanstalk:environment:process:admin:\n"
+                             "    HealthCheckTimeout: 1\n"
+                             "  aws:autoscaling:updatepolicy:rollingupdate:\n"
+                             "    RollingUpdateType: Time\n    PauseTime: PT90M\n    Timeout: PT2M\n"
+                             "    MinInstancesInService: 4\n"
+                             "  aws:elasticbeanstalk:command:\n"
+                             "    DeploymentPolicy: Rolling\n    BatchSizeType: Fixed\n    BatchSize: 5\n")
+    result = rehearse_as_a_user("--static-only", "--bundle", str(broken))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "6 option settings Beanstalk would refuse or ignore" in result.stderr, result.stderr
+    for expected in (
+            f"{ENV01}: aws:elasticbeanstalk:environment:process:default HealthCheckTimeout 15 (set in {ENV01}) is "
+            f"not below HealthCheckInterval 15 (set in {ENV01}): the load balancer refuses a health check whose "
+            "timeout is not shorter than its interval, and the environment's stack fails; set HealthCheckTimeout "
+            f"below 15, or HealthCheckInterval above 15 ({ELB_HEALTH_CHECK}; {TARGET_GROUP_HEALTH})",
+            f"{ROLLOUT}: aws:elasticbeanstalk:environment:process:admin HealthCheckTimeout '1' is not valid: it must "
+            f"be a whole number from 2 to 60 (Beanstalk takes 1 to 60, the target group 2 to 120: {TARGET_GROUP_HEALTH})",
+            f"{ROLLOUT}: aws:autoscaling:updatepolicy:rollingupdate PauseTime 'PT90M' is not valid: it must be an ISO "
+            "8601 duration such as PT5M or PT1H30M, from PT0S to PT1H "
+            f"({GENERAL}#command-options-general-autoscalingupdatepolicyrollingupdate)",
+            f"{ROLLOUT}: aws:autoscaling:updatepolicy:rollingupdate Timeout 'PT2M' is not valid: it must be an ISO "
+            "8601 duration such as PT5M or PT1H30M, from PT5M to PT1H",
+            f"{ROLLOUT}: aws:autoscaling:updatepolicy:rollingupdate MinInstancesInService 4 is not below "
+            f"aws:autoscaling:asg MaxSize 4 (set in {ENV01}): CloudFormation's rolling update policy requires it to "
+            f"be less; set MinInstancesInService to at most 3, or raise MaxSize ({UPDATE_POLICY}; ",
+            f"{ROLLOUT}: aws:elasticbeanstalk:command BatchSize 5 with BatchSizeType Fixed (set in {ROLLOUT}) is not "
+            f"valid: it must be from 1 to aws:autoscaling:asg MaxSize, 4 (set in {ENV01}); set BatchSize to at most 4 "
+            f"({GENERAL}#command-options-general-elasticbeanstalkcommand)"):
+        assert expected in result.stderr, (expected, result.stderr)
+
+
+def test_option_rules_compare_with_beanstalks_defaults():
+    """An option left out takes Beanstalk's default (GENERAL): HealthCheckTimeout 5 with an
+    application load balancer, MaxSize 4, BatchSizeType Percentage (1 to 100); the last file
+    that sets an option wins; values at the documented bounds pass."""
+    import eb_options
+
+    process, rolling, command = ("aws:elasticbeanstalk:environment:process:default",
+                                 "aws:autoscaling:updatepolicy:rollingupdate", "aws:elasticbeanstalk:command")
+    alb = ("00", "aws:elasticbeanstalk:environment", "LoadBalancerType", "application")
+    [problem] = eb_options.check([alb, ("01", process, "HealthCheckInterval", "5")], ROOT, None)
+    assert problem.startswith(f"01: {process} HealthCheckTimeout 5 (not set: Beanstalk's default) is not below "
+                              "HealthCheckInterval 5 (set in 01)"), problem
+    [problem] = eb_options.check([("01", rolling, "MinInstancesInService", "4")], ROOT, None)
+    assert "MaxSize 4 (not set: Beanstalk's default)" in problem and "at most 3" in problem, problem
+    [problem] = eb_options.check([("01", command, "BatchSize", "101")], ROOT, None)
+    assert problem.startswith(f"01: {command} BatchSize 101 with BatchSizeType Percentage (not set: Beanstalk's "
+                              "default) is not valid: it must be from 1 to 100 (a percentage of the instances)"), problem
+    assert eb_options.check([
+        alb, ("01", process, "HealthCheckInterval", "5"), ("01", process, "HealthCheckTimeout", "4"),
+        ("01", rolling, "PauseTime", "PT0S"), ("02", rolling, "PauseTime", "PT1H"), ("01", rolling, "Timeout", "PT5M"),
+        ("01", "aws:autoscaling:asg", "MaxSize", "4"), ("01", rolling, "MinInstancesInService", "4"),
+        ("02", "aws:autoscaling:asg", "MaxSize", "5"),  # the later file wins
+        ("01", command, "BatchSize", "100"), ("01", "aws:elasticbeanstalk:environment:process:api",
+                                              "HealthCheckTimeout", "2")], ROOT, None) == []
+    # A network load balancer has no HealthCheckTimeout: its intervals (10 or 30) are not compared.
+    assert eb_options.check([("00", "aws:elasticbeanstalk:environment", "LoadBalancerType", "network"),
+                             ("01", process, "HealthCheckInterval", "10")], ROOT, None) == []
+
+
 def test_option_checks_read_the_load_balancer_type():
     """With a network load balancer MatcherHTTPCode is 200 to 399 and HealthCheckInterval 10 or 30
     (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-general.html#command-options-general-environmentprocess)."""
