@@ -204,10 +204,15 @@ def _replace(target: str, old: bytes, new: bytes):
 
 
 BREAKAGES = {
+    # Platform versions released from 29 April 2022 grant the bit, older ones fail the deploy
+    # (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.hooks.html).
     "non-executable hook": (
         lambda name, data, mode: (data, 0o644 if name.endswith("01_smoke_check.sh") else mode),
-        [".platform/hooks/postdeploy/01_smoke_check.sh: not executable",
-         "git update-index --chmod=+x .platform/hooks/postdeploy/01_smoke_check.sh"]),
+        [".platform/hooks/postdeploy/01_smoke_check.sh: not executable: Amazon Linux 2 platform versions "
+         "released before 29 April 2022 fail the deployment on it (later ones, and every Amazon Linux 2023 one, "
+         "grant the bit themselves)",
+         "git update-index --chmod=+x .platform/hooks/postdeploy/01_smoke_check.sh",
+         "platforms-linux-extend.hooks.html"]),
     "CRLF hook": (
         lambda name, data, mode: (data.replace(b"\n", b"\r\n") if name.endswith("01_rds_ca_bundle.sh")
                                   and "/hooks/" in name else data, mode),
@@ -253,6 +258,24 @@ def test_rehearsal_fails_on_seeded_breakage(bundle, tmp_path, breakage):
     for text in expected:
         assert text in output, (text, output[-3000:])
     assert "passed in" not in output
+
+
+def test_a_hook_without_its_exec_bit_is_named_as_the_platform_treats_it(tmp_path):
+    """The rehearsal said such a hook "would fail the deploy"; Amazon Linux 2023 platform versions
+    (and Amazon Linux 2 ones from 29 April 2022) grant the bit and run it
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.hooks.html).
+    The rehearsal and scripts/bundle, which refuses the bundle first, now say the same."""
+    rehearsal = load_script("rehearse-deploy")
+    hook = tmp_path / ".platform/hooks/prebuild/01_x.sh"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("#!/bin/sh\necho ran\n")
+    hook.chmod(0o644)
+    with pytest.raises(rehearsal.RehearsalError) as raised:
+        rehearsal.run_hooks(tmp_path, "prebuild", {"PATH": os.environ["PATH"]})
+    message = str(raised.value)
+    assert message == bundle_tool.hook_not_executable(".platform/hooks/prebuild/01_x.sh")
+    assert "would fail the deploy" not in message
+    assert "every Amazon Linux 2023 one, grant the bit themselves" in message, message
 
 
 def rehearse_as_a_user(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

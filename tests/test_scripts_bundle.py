@@ -71,3 +71,24 @@ def test_use_with_eb_with_an_output_outside_the_project_says_what_to_do(tmp_path
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     assert inside.returncode == 0, inside.stderr
     assert "artifact: dist/app.zip" in (clone / ".elasticbeanstalk" / "config.yml").read_text()
+
+
+def test_a_hook_without_its_exec_bit_is_refused_with_what_beanstalk_does(tmp_path):
+    """Refused, with the platform hooks page's own words: Amazon Linux 2 platform versions before
+    29 April 2022 fail the deployment, later ones and Amazon Linux 2023 grant the bit
+    (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.hooks.html).
+    The message said only "not executable", and the rehearsal that "Beanstalk would fail the
+    deploy", which Amazon Linux 2023 does not."""
+    clone = provisioned_clone(tmp_path)
+    hook = ".platform/confighooks/postdeploy/01_smoke_check.sh"
+    (clone / hook).chmod(0o644)
+    result = subprocess.run([str(clone / "scripts" / "bundle")], cwd=clone, capture_output=True, text=True,
+                            timeout=300,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.splitlines()[0] == (
+        f"bundle: ERROR: {hook}: not executable: Amazon Linux 2 platform versions released before 29 April 2022 "
+        "fail the deployment on it (later ones, and every Amazon Linux 2023 one, grant the bit themselves); keep it "
+        f"in git: run `git update-index --chmod=+x {hook}` and `chmod +x {hook}` "
+        "(https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.hooks.html)"), result.stderr
+    assert not (clone / "dist" / "app.zip").exists()
