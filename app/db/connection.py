@@ -15,6 +15,15 @@ from app.db.errors import DatabaseMisconfigured, DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 
+# What the app's statements assume of a session, whatever a DB parameter group (or its
+# init_connect) made the global default: TIMESTAMP columns come back in UTC, and a SELECT
+# returns every row it asks for. A global sql_select_limit cut `python -m app.migrate`'s read
+# of the applied versions, which then applied 0002 again and failed, and doctor's read of the
+# grants (tests/test_server_settings.py). One statement after login, in place of the driver's
+# own SET time_zone: no extra round trip.
+SESSION_SETTINGS = "SET time_zone = '+00:00', sql_select_limit = 18446744073709551615"
+
+
 def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
     """mysql-connector arguments shared by every connection, credentials excluded."""
     args = dict(
@@ -25,7 +34,7 @@ def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
         read_timeout=settings.read_timeout,
         write_timeout=settings.read_timeout,
         autocommit=True,  # each statement commits on its own: no COMMIT/ROLLBACK round trips
-        time_zone="+00:00",  # TIMESTAMP columns come back in UTC
+        init_command=SESSION_SETTINGS,
         charset="utf8mb4",
         collation="utf8mb4_unicode_ci",
         # False: the C extension (mysql.connector.HAVE_CEXT says it loaded). Not for
