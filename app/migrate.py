@@ -188,6 +188,8 @@ def explain(err: Exception, settings, source: str | None = None) -> str:
     The driver's connection messages name the user and host, never the password (1045 says
     only "using password: YES"); statements quoted in errors are the migration files' own.
     """
+    from app.config import SslMode
+
     if isinstance(err, MigrationError) or not isinstance(err, mysql.connector.Error):
         return _flat(err)  # MigrationError, DatabaseUnavailable: already say what to fix
     where = f"{settings.host}:{settings.port}"
@@ -196,8 +198,18 @@ def explain(err: Exception, settings, source: str | None = None) -> str:
         return (f"cannot reach the database at {where} ({detail}): check RDS_HOSTNAME/RDS_PORT "
                 "and that the database's security group allows the instances' security group")
     if errno == 1045:  # ER_ACCESS_DENIED_ERROR
-        return (f"the database at {where} refused user {settings.user!r} ({detail}): check "
+        line = (f"the database at {where} refused user {settings.user!r} ({detail}): check "
                 f"RDS_USERNAME and the password source ({source or 'DB_AUTH'})")
+        if settings.ssl_mode is SslMode.DISABLED:
+            # MariaDB refuses a login in cleartext this way under require_secure_transport=ON
+            # (MySQL 8 says 3159, below), and so does a user created REQUIRE SSL.
+            line += (", or set DB_SSL_MODE=verify-identity: with DB_SSL_MODE=disabled a server "
+                     "that requires TLS (require_secure_transport=ON in its DB parameter group, "
+                     "or a user created REQUIRE SSL) refuses the login the same way")
+        return line
+    if errno == 3159:  # ER_SECURE_TRANSPORT_REQUIRED (MySQL 8): require_secure_transport=ON
+        return (f"the database at {where} requires TLS ({detail}): set DB_SSL_MODE=verify-identity "
+                "(with the RDS CA bundle at DB_SSL_CA), not disabled")
     if errno == 1049:  # ER_BAD_DB_ERROR
         return (f"the database {settings.database!r} does not exist at {where} ({detail}): "
                 "check RDS_DB_NAME")

@@ -20,10 +20,11 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+import mysql.connector
 import pytest
 
 import localdb
-from conftest import ROOT
+from conftest import ROOT, make_test_pki
 
 from app import create_app, migrate
 from app.config import load_settings
@@ -303,3 +304,50 @@ def assert_serves_utc_and_commits(server, env, pure: bool, email: str, name: str
         assert client.delete(f"/api/users/{user['id']}").status_code == 204, case
         assert user["id"] not in table(server, env), case
         assert client.get("/health/ready").status_code == 200, case
+
+
+def test_a_server_that_requires_tls(tmp_path):
+    """require_secure_transport=ON: every TLS mode works, hostile strings included (verify-ca
+    runs the pure-Python protocol, verify-identity the C extension), and with DB_SSL_MODE=
+    disabled a request answers 503 with Retry-After and the migration's line names DB_SSL_MODE
+    (MariaDB refuses the login as access denied, and the line named only RDS_USERNAME and the
+    password)."""
+    pki = tmp_path / "pki"
+    with server_with(tmp_path, *make_test_pki(pki), "--sql-mode=NO_BACKSLASH_ESCAPES") as server:
+        env = {**new_database(server), "DB_SSL_CA": str(pki / "ca.pem")}
+        assert migrate_as_the_app(env) == ["0001_create_users", "0002_email_key_case_only"]
+        set_global(server, "require_secure_transport = ON")
+
+        plain = {**env, "DB_SSL_MODE": "disabled"}
+        with app_client(plain) as (client, _):
+            for response in (client.get("/api/users"), client.post("/api/users", json={"email": "p@example.com", "name": "P"})):
+                assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+                assert response.get_json() == {"error": {"code": "database_unavailable",
+                                                         "message": "The database is unavailable; retry later."}}
+        result = run(["-m", "app.migrate"], plain)
+        assert result.returncode == migrate.EXIT_FAILED
+        [line] = result.stderr.splitlines()
+        assert "set DB_SSL_MODE=verify-identity" in line and "require_secure_transport" in line, line
+        assert localdb.APP_PASSWORD not in result.stdout + result.stderr
+
+        with app_client({**env, "DB_SSL_MODE": "verify-ca"}) as (client, database):
+            assert protocol_of(database) == "MySQLConnection"
+            assert_round_trips(client, server, env, "verify-ca", "require_secure_transport, verify-ca")
+        for mode in ("required", "verify-identity"):
+            with app_client({**env, "DB_SSL_MODE": mode}) as (client, database):
+                assert protocol_of(database) == "CMySQLConnection"
+                assert client.get("/api/users?limit=1").status_code == 200
+        assert migrate_as_the_app({**env, "DB_SSL_MODE": "verify-identity"}) == []
+
+
+def test_mysql_8s_refusal_of_cleartext_names_db_ssl_mode():
+    """MySQL 8 refuses a cleartext login under require_secure_transport=ON with its own error
+    (3159, ER_SECURE_TRANSPORT_REQUIRED), which MariaDB does not send: the driver's error as
+    the connector raises it for that packet."""
+    settings = load_settings({"RDS_HOSTNAME": "db.example.com", "RDS_DB_NAME": "ebdb", "RDS_USERNAME": "app",
+                              "RDS_PASSWORD": "pw", "DB_SSL_MODE": "disabled"})
+    err = mysql.connector.errors.get_mysql_exception(
+        3159, "Connections using insecure transport are prohibited while --require_secure_transport=ON.",
+        "HY000")
+    line = migrate.explain(err, settings)
+    assert "requires TLS" in line and "set DB_SSL_MODE=verify-identity" in line, line
