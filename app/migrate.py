@@ -138,6 +138,14 @@ def _lock_held(cur, lock: str, lock_timeout: int) -> str:
 def _failed(m: Migration, number: int, total: int, err: mysql.connector.Error) -> str:
     message = (f"{m.version:04d}_{m.name} failed at statement {number} of {total}: "
                f"MySQL error {err.errno}: {_flat(err.msg)}")
+    if err.errno in (1071, 1709) and "767" in str(err.msg):
+        # ER_TOO_LONG_KEY, ER_INDEX_COLUMN_TOO_LONG: 0001's unique key on a utf8mb4
+        # VARCHAR(254) is 1016 bytes, within DYNAMIC's 3072 (MySQL 8's and MariaDB 10.11's
+        # default) but not COMPACT's or REDUNDANT's 767. A global-only setting: no session of
+        # ours can change it, and a migration already applied elsewhere must not change.
+        message += (" (the server's innodb_default_row_format is COMPACT or REDUNDANT, which "
+                    "cap an index key at 767 bytes: set it to DYNAMIC in the DB parameter group, "
+                    "then run the migration again)")
     if number > 1:
         before = "statement 1" if number == 2 else f"statements 1-{number - 1}"
         message += (f" ({before} took effect, as MySQL commits DDL at once, and the migration "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -215,9 +216,9 @@ def test_hostile_strings_round_trip_and_inject_nothing_under_every_sql_mode(tmp_
 def test_session_defaults_a_parameter_group_may_change(tmp_path):
     """time_zone +05:30, autocommit=0, SERIALIZABLE (then READ-COMMITTED), latin1 as the server's
     character set (then utf8mb4 with utf8mb4_bin), max_allowed_packet at RDS's minimum, short
-    wait and lock timeouts; then an init_connect that sets the same and sql_select_limit. The
-    app's sessions set what it relies on, and migrations create utf8mb4 tables in a latin1
-    database."""
+    wait and lock timeouts; then an init_connect that sets the same and sql_select_limit, and
+    a row format that caps index keys. The app's sessions set what it relies on, migrations
+    create utf8mb4 tables in a latin1 database, and what needs an operator says so."""
     with server_with(tmp_path, "--default-time-zone=+05:30", "--autocommit=0",
                      "--transaction-isolation=SERIALIZABLE", "--character-set-server=latin1",
                      "--collation-server=latin1_swedish_ci", "--max-allowed-packet=1024",
@@ -281,6 +282,17 @@ def test_session_defaults_a_parameter_group_may_change(tmp_path):
         checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
         assert checks["privileges"]["status"] == "PASS", checks["privileges"]
         assert checks["schema"]["status"] == "PASS", checks["schema"]
+
+        # A row format whose index keys stop at 767 bytes: global only, so the operator's to
+        # change; the migration's one line says which setting and to what.
+        set_global(server, "init_connect = ''", "innodb_default_row_format = 'compact'")
+        env = new_database(server)
+        with pytest.raises(migrate.MigrationError) as failed:  # python -m app.migrate prints it
+            migrate_as_the_app(env)
+        line = migrate.explain(failed.value, load_settings(env))
+        # MariaDB says 1709 (ER_INDEX_COLUMN_TOO_LONG), MySQL 8 1071 (ER_TOO_LONG_KEY).
+        assert re.match(r"0001_create_users failed at statement 1 of 1: MySQL error (1709|1071): ", line), line
+        assert "innodb_default_row_format" in line and "DYNAMIC" in line and "parameter group" in line
 
 
 def assert_serves_utc_and_commits(server, env, pure: bool, email: str, name: str, case: str) -> None:
