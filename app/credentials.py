@@ -426,6 +426,9 @@ def _client(service: str, region: str | None, timeout: float = 5, attempts: int 
     import boto3  # imported here so password mode never loads boto3
     from botocore.config import Config
 
+    from app.logs import guard_wire_content
+
+    guard_wire_content()  # also where no app logging is configured: the wire never reaches a log
     return boto3.session.Session().client(service, region_name=region, config=Config(
         connect_timeout=timeout, read_timeout=timeout,
         retries={"mode": "standard", "max_attempts": attempts}))

@@ -69,6 +69,21 @@ class WireContentFilter(logging.Filter):
         return not any(name == drop or name.startswith(drop + ".") for drop in self.LOGGERS)
 
 
+def guard_wire_content() -> None:
+    """Put WireContentFilter on botocore's wire loggers themselves, once per process.
+
+    A logger's filter drops a record before any handler sees it: not only the app's, but one a
+    user's sitecustomize (`logging.basicConfig(level=DEBUG)`), `boto3.set_stream_logger` or a
+    gunicorn logconfig puts on the root or on botocore, which the app's handler filter never
+    sees. app/credentials.py calls it before making an AWS client, for the processes that
+    configure no logging of the app's (scripts/doctor).
+    """
+    for name in WireContentFilter.LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, WireContentFilter) for f in logger.filters):
+            logger.addFilter(WireContentFilter())
+
+
 def configure_logging(level: str | None = "INFO") -> None:
     """Send logs to stdout as JSON (Beanstalk streams web.stdout.log to CloudWatch).
 
@@ -77,9 +92,11 @@ def configure_logging(level: str | None = "INFO") -> None:
 
     LOG_LEVEL applies to the app's own loggers only: the root logger, and with it botocore
     and urllib3, stays at WARNING, because at DEBUG botocore logs whole responses, a
-    GetSecretValue's password included, and the signing steps of an IAM token.
+    GetSecretValue's password included, and the signing steps of an IAM token: those lines are
+    dropped whatever the levels and handlers (guard_wire_content).
     """
     logging.getLogger("app").setLevel(log_level(level))
+    guard_wire_content()
     root = logging.getLogger()
     if any(getattr(h, "_app_json", False) for h in root.handlers):
         return

@@ -1,0 +1,144 @@
+"""No secret in anything a user reads, with the logging a user turned on outside the app.
+
+tests/test_credentials_canary.py searches, in-process, what the app's own log handler prints.
+Here the processes are the real ones, started as a user starts them: gunicorn with the
+Procfile's command and `--log-level debug`, and the operator commands (`flask migrate`,
+`python -m app.migrate`, `python -m app.bootstrap`, `scripts/doctor`). Each runs with
+LOG_LEVEL=DEBUG and a sitecustomize that does what a user's may: `logging.basicConfig(level=
+DEBUG)`, which puts a handler of its own on the root logger, before the app's. Everything
+on stdout and stderr (gunicorn's error and access logs included) and every response body is
+searched for the canaries: database passwords, the secret's JSON, the AWS secret key and
+session token, API keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+import localdb
+from app.auth import key_digest
+from conftest import ROOT
+from test_secrets import app_env, db_user, secret_value  # noqa: F401 (a fixture)
+
+REGION = "eu-west-1"
+AWS_SECRET = f"canary-aws-secret-key-{uuid.uuid4().hex[:8]}"
+AWS_TOKEN = f"canary-aws-session-token-{uuid.uuid4().hex[:8]}"
+ROOT_AT_DEBUG = "import logging\nlogging.basicConfig(level=logging.DEBUG)\n"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def sm(moto_endpoint):
+    return boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto_endpoint,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def root_at_debug(tmp_path) -> dict[str, str]:
+    """The environment of a process whose sitecustomize sets the root logger to DEBUG, with
+    AWS credentials that are canaries (moto accepts any)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(ROOT_AT_DEBUG)
+    return {"PYTHONPATH": str(site), "LOG_LEVEL": "DEBUG", "AWS_ACCESS_KEY_ID": "AKIDCANARYTEST",
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_SESSION_TOKEN": AWS_TOKEN}
+
+
+def without_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "AWS_", "API_"))}
+
+
+def get(url: str, **headers) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def assert_nowhere(canaries: list[str], *texts: str) -> None:
+    """Each canary absent from each text; a failure shows the lines around the first found."""
+    for canary in canaries:
+        assert canary, canaries
+        for text in texts:
+            if canary in text:
+                at = text.find(canary)
+                pytest.fail(f"{canary!r} found:\n{text[max(0, at - 600):at + 200]}", pytrace=False)
+
+
+def kill_sessions(server, user: str) -> None:
+    """The pool's connections die: the next request opens a new one, asking for credentials."""
+    ids = server.sql([f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{user}'"])
+    if ids:
+        server.sql([f"KILL {row[0]}" for row in ids])
+
+
+def test_gunicorn_at_debug_with_a_root_handler_of_the_users(
+        db_user, sm, moto_endpoint, mysql_server, root_at_debug, start_gunicorn):
+    """Secrets Manager mode through gunicorn: startup, requests with good, bad and misplaced API
+    keys, a rotation under way (AWSPENDING tried after the database refused AWSCURRENT), an
+    unhandled exception, then a password the secret does not hold (1045: a 503)."""
+    first = db_user["password"]
+    arn = sm.create_secret(Name=f"app/db/{uuid.uuid4().hex[:6]}",
+                           SecretString=secret_value(db_user, first))["ARN"]
+    secret_string = sm.get_secret_value(SecretId=arn)["SecretString"]
+    key, bad_key, query_key = (f"canary-api-key-{n}-{uuid.uuid4().hex[:8]}" for n in range(3))
+    env = {**app_env(arn), **root_at_debug, "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint,
+           "WEB_CONCURRENCY": "1", "DB_POOL_IDLE_PING": "0", "API_AUTH": "all",
+           "API_KEY_SHA256": key_digest(key)}
+    server = start_gunicorn(env, extra_args=["--log-level", "debug"])
+    auth = {"Authorization": f"Bearer {key}"}
+    answers = [get(server.url + "/api/users", **auth),
+               get(server.url + "/api/users", Authorization=f"Bearer {bad_key}"),
+               get(server.url + f"/api/users?api_key={query_key}", **auth)]
+    assert [status for status, _ in answers] == [200, 401, 400], answers
+
+    pending = f"canary-pending-{uuid.uuid4().hex[:8]}"  # a rotation's setSecret done, finishSecret not
+    sm.put_secret_value(SecretId=arn, ClientRequestToken=str(uuid.uuid4()),
+                        SecretString=secret_value(db_user, pending), VersionStages=["AWSPENDING"])
+    db_user["set_password"](pending)
+    kill_sessions(mysql_server, db_user["user"])
+    answers.append(get(server.url + "/api/users", **auth))
+    assert answers[-1][0] == 200, answers[-1]
+
+    database = db_user["env"]["RDS_DB_NAME"]
+    mysql_server.sql(["RENAME TABLE users TO users_away"], database=database)
+    try:
+        answers.append(get(server.url + "/api/users", **auth))  # a driver error no handler expects
+    finally:
+        mysql_server.sql(["RENAME TABLE users_away TO users"], database=database)
+    assert answers[-1][0] == 500, answers[-1]
+
+    wrong = f"canary-unknown-{uuid.uuid4().hex[:8]}"
+    db_user["set_password"](wrong)
+    kill_sessions(mysql_server, db_user["user"])
+    answers.append(get(server.url + "/api/users", **auth))
+    assert answers[-1][0] == 503, answers[-1]
+    server.stop()
+
+    output = server.output()
+    assert "DEBUG:botocore." in output  # the user's root handler printed the libraries' lines
+    assert '"logger": "gunicorn.error"' in output and '"level": "DEBUG"' in output
+    assert '"event": "secret_pending"' in output and "Traceback" in output
+    assert_nowhere([first, pending, wrong, secret_string, AWS_SECRET, AWS_TOKEN, key, bad_key,
+                    query_key], output, *(body for _, body in answers))
