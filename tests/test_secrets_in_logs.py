@@ -142,3 +142,38 @@ def test_gunicorn_at_debug_with_a_root_handler_of_the_users(
     assert '"event": "secret_pending"' in output and "Traceback" in output
     assert_nowhere([first, pending, wrong, secret_string, AWS_SECRET, AWS_TOKEN, key, bad_key,
                     query_key], output, *(body for _, body in answers))
+
+
+def test_operator_commands_at_debug_with_a_root_handler_of_the_users(
+        db_user, sm, moto_endpoint, root_at_debug, tmp_path):
+    """Operator commands as they are typed, side by side: scripts/doctor (which configures no
+    logging of the app's) reading the secret, `python -m app.migrate` refused a malformed
+    secret, and one signing an IAM token for a database that does not answer. (flask migrate
+    and app.bootstrap set logging up as app.migrate does.)"""
+    password = db_user["password"]
+    arn = sm.create_secret(Name=f"app/db/{uuid.uuid4().hex[:6]}",
+                           SecretString=secret_value(db_user, password))["ARN"]
+    secret_string = sm.get_secret_value(SecretId=arn)["SecretString"]
+    broken = f"canary-malformed-{uuid.uuid4().hex[:8]}"
+    malformed = sm.create_secret(Name=f"app/db/{uuid.uuid4().hex[:6]}",
+                                 SecretString=f'{{"username": "app", "password": "{broken}"')["ARN"]
+    iam = {**db_user["env"], "DB_AUTH": "iam", "RDS_PORT": str(localdb.free_port()),
+           "RDS_USERNAME": "iam_app", "AWS_REGION": REGION, "DB_SSL_MODE": "verify-identity",
+           "DB_SSL_CA": str(localdb.make_ca(tmp_path, "ca"))}
+    migrate = [sys.executable, "-m", "app.migrate"]
+    runs = {  # name: (command, environment, exit status)
+        "scripts/doctor": ([str(ROOT / "scripts" / "doctor")], app_env(arn), 0),
+        "app.migrate, malformed secret": (migrate, app_env(malformed), 2),
+        "app.migrate, iam": (migrate, iam, 1),
+    }
+    base = {**without_settings(), **root_at_debug, "AWS_ENDPOINT_URL": moto_endpoint,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    started = {name: subprocess.Popen(command, cwd=ROOT, env={**base, **env}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+               for name, (command, env, _) in runs.items()}
+    outputs = {name: process.communicate(timeout=120)[0] for name, process in started.items()}
+    for name, process in started.items():
+        assert process.returncode == runs[name][2], f"{name}: {process.returncode}\n{outputs[name][-3000:]}"
+        assert "DEBUG:botocore." in outputs[name], name  # the user's handler printed the libraries'
+    assert "is not a JSON object with a password string" in outputs["app.migrate, malformed secret"]
+    assert_nowhere([password, secret_string, broken, AWS_SECRET, AWS_TOKEN], *outputs.values())
