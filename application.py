@@ -19,7 +19,10 @@ successful load in a file of its master's (_a_worker_loaded); without that confi
 
 Loaded by the Flask CLI (`flask --app application migrate`, `seed`), there is no gunicorn to
 read a status: the error is one `Error: ` line, with the exit status `python -m app.migrate`
-gives it (2: fix the configuration; 3: its source failed for now, run it again).
+gives it (2: fix the configuration; 3: its source failed for now, run it again). Not when the
+CLI only looks the commands up (`flask --app application --help`, a tutorial's first command,
+run before any setting): it gets an app holding just the commands, and the error is the
+answer of the one that runs (app/cli.py's unconfigured_app).
 """
 
 import os
@@ -50,20 +53,24 @@ try:
     application = create_app()
 except ConfigError as err:
     if not _under_gunicorn():
+        from app.cli import looking_up_commands, unconfigured_app
         from app.migrate import exit_status, failure_line
 
-        print(f"Error: {failure_line(err, None)}", file=sys.stderr, flush=True)
-        raise SystemExit(exit_status(err)) from None
-    if err.transient:
+        if not looking_up_commands():
+            print(f"Error: {failure_line(err, None)}", file=sys.stderr, flush=True)
+            raise SystemExit(exit_status(err)) from None
+        application = unconfigured_app(err)
+    elif err.transient:
         print(f"Configuration source unavailable: this worker exits in {TRY_AGAIN_PAUSE} s and "
               f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
         time.sleep(TRY_AGAIN_PAUSE)
         raise SystemExit(TRY_AGAIN) from None
-    if _a_worker_loaded():
+    elif _a_worker_loaded():
         print(f"Configuration error: this worker cannot start; the workers already running keep "
               f"serving with the configuration they loaded. It exits in {TRY_AGAIN_PAUSE} s and "
               f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
         time.sleep(TRY_AGAIN_PAUSE)
         raise SystemExit(TRY_AGAIN) from None
-    print(f"Configuration error: the app cannot start.\n{err}", file=sys.stderr, flush=True)
-    raise SystemExit(APP_LOAD_ERROR) from None
+    else:
+        print(f"Configuration error: the app cannot start.\n{err}", file=sys.stderr, flush=True)
+        raise SystemExit(APP_LOAD_ERROR) from None

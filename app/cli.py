@@ -1,4 +1,9 @@
-"""Operator commands: `flask --app application migrate` and `flask --app application seed`."""
+"""Operator commands: `flask --app application migrate` and `flask --app application seed`.
+
+Their help needs no configuration: `flask --app application --help` (and `migrate --help`)
+with no settings at all lists them, as Flask's tutorial app does; the configuration error is
+the answer of a command that needs the database (unconfigured_app).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import mysql.connector
 from flask import Flask, current_app
 
 from app import migrate as migrations
+from app.config import ConfigError
 from app.db.errors import DatabaseUnavailable
 from app.users import repository
 
@@ -24,7 +30,7 @@ SAMPLE_USERS = [
 @click.command("migrate")
 def migrate_command() -> None:
     """Apply pending schema migrations (safe to run on several instances at once)."""
-    database = current_app.extensions["database"]
+    database = _database()
     try:
         conn = migrations.connect(database.settings, database.opener.credentials)
         try:
@@ -39,7 +45,7 @@ def migrate_command() -> None:
 @click.command("seed")
 def seed_command() -> None:
     """Insert the sample users that are not there yet (for local development)."""
-    database = current_app.extensions["database"]
+    database = _database()
     created = 0
     try:
         lease = database.borrow()
@@ -63,12 +69,40 @@ def seed_command() -> None:
     click.echo(json.dumps({"event": "seed", "created": created}))
 
 
+def _database():
+    """The app's database; for an app built without one (unconfigured_app), its configuration
+    error, as the one `Error:` message and exit status `python -m app.migrate` gives it."""
+    err = current_app.extensions.get("config_error")
+    if err is not None:
+        failure = click.ClickException(migrations.failure_line(err, None))
+        failure.exit_code = migrations.exit_status(err)
+        raise failure
+    return current_app.extensions["database"]
+
+
 def _failure(err: Exception, database) -> click.ClickException:
     """One line and exit status, as `python -m app.migrate` has them (click adds "Error: ")."""
     failure = click.ClickException(migrations.failure_line(
         err, database.settings, database.opener.credentials.description))
     failure.exit_code = migrations.exit_status(err)
     return failure
+
+
+def looking_up_commands() -> bool:
+    """True while the Flask CLI loads the app only to list or find its commands (`flask --help`,
+    `flask migrate --help`, the lookup before `flask migrate` runs): its group's context is the
+    current one. A command that uses the app itself (run, shell, routes) loads it in its own."""
+    context = click.get_current_context(silent=True)
+    return context is not None and isinstance(context.command, click.Group)
+
+
+def unconfigured_app(err: ConfigError) -> Flask:
+    """An app holding only the commands, for the Flask CLI's lookups when the configuration is
+    unusable: their help is shown, and running one says what to fix (_database)."""
+    app = Flask("application")
+    app.extensions["config_error"] = err
+    init_app(app)
+    return app
 
 
 def init_app(app: Flask) -> None:

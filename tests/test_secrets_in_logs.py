@@ -1,4 +1,5 @@
-"""No secret in anything a user reads, with the logging a user turned on outside the app.
+"""No secret in anything a user reads, with the logging a user turned on outside the app; and
+the configuration error where a command needs the configuration, not before its help.
 
 tests/test_credentials_canary.py searches, in-process, what the app's own log handler prints.
 Here the processes are the real ones, started as a user starts them: gunicorn with the
@@ -177,3 +178,26 @@ def test_operator_commands_at_debug_with_a_root_handler_of_the_users(
         assert "DEBUG:botocore." in outputs[name], name  # the user's handler printed the libraries'
     assert "is not a JSON object with a password string" in outputs["app.migrate, malformed secret"]
     assert_nowhere([password, secret_string, broken, AWS_SECRET, AWS_TOKEN], *outputs.values())
+
+
+def test_flask_help_with_no_settings_lists_the_commands_and_a_command_names_the_fix():
+    """A tutorial reader's first command, `flask --app application --help`, before setting
+    anything: the help with the app's commands (`migrate --help` takes the same way). The configuration error (naming each variable
+    and the fix) is the answer of a command that needs the database: migrate, and run, which
+    must not serve an app without one."""
+    flask = [sys.executable, "-m", "flask", "--app", "application"]
+    runs = {"--help": (0, ["migrate  Apply pending schema", "seed     Insert the sample users"]),
+            "migrate": (2, []), "run": (2, [])}
+    env = {**without_settings(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    started = {args: subprocess.Popen(flask + args.split(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for args in runs}
+    for args, process in started.items():
+        out, err = process.communicate(timeout=60)
+        status, shown = runs[args]
+        assert process.returncode == status, f"flask {args}: {process.returncode}\n{out}{err}"
+        if shown:
+            assert all(line in out for line in shown) and err == "", f"flask {args}:\n{out}{err}"
+        else:
+            assert out == "" and err.startswith("Error: Invalid configuration"), f"flask {args}:\n{err}"
+            assert "RDS_HOSTNAME: is required" in err and "eb setenv" in err and "Traceback" not in err
