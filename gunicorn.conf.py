@@ -8,7 +8,9 @@ environment properties.
 
 import gc
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -168,6 +170,46 @@ def client_address(environ) -> str | None:
     return hops[-1] if hops else environ.get("REMOTE_ADDR")
 
 
+# gunicorn's warning for a request it could not parse quotes the request line or header line.
+_UNPARSED = re.compile(r"^(Invalid request from ip=\S* ?: Invalid HTTP (?:request line|Header)): '(.*)'$",
+                       re.DOTALL)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+# Its configuration dump (at --log-level debug) lists -e/--env as given: NAME=value.
+_RAW_ENV = re.compile(r"^(  raw_env: )(\[.*\])$", re.MULTILINE)
+
+
+class CredentialTextFilter(logging.Filter):
+    """Keeps out of gunicorn's own lines the text that may hold a credential, never parsed: the
+    query string of a request line it refused (`GET /api/users?api_key=...`) or of a request
+    the app crashed on, a header line without its colon (`Authorization Bearer <key>`; a bare
+    header name is still shown), and the values of `-e NAME=value` in the configuration it
+    dumps at debug (`-e RDS_PASSWORD=...`). Behind Beanstalk's nginx such requests stop at nginx; run alone (scripts/run-local) they
+    reach gunicorn, which logs them at WARNING.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        unparsed = _UNPARSED.match(message)
+        if unparsed:
+            kind, text = unparsed.groups()
+            if kind.endswith("request line"):
+                shown = text.split("?", 1)[0] + ("?..." if "?" in text else "")
+            else:
+                shown = text if _HEADER_NAME.fullmatch(text) else re.split(r"[\s:]", text, 1)[0] + " ..."
+            if shown != text:
+                record.msg, record.args = f"{kind}: {shown!r} ({len(text)} characters, not all shown)", ()
+        elif record.msg == "Error handling request %s" and record.args:  # a crash: its URI
+            record.args = (str(record.args[0]).split("?", 1)[0],)
+        elif message.startswith("Current configuration:") and "raw_env:" in message:
+            record.msg, record.args = _RAW_ENV.sub(_env_names, message), ()
+        return True
+
+
+def _env_names(match: re.Match) -> str:
+    names = re.findall(r"""['"]([A-Za-z_][A-Za-z0-9_]*)=""", match[2])
+    return f"{match[1]}{[name + '=<not shown>' for name in names]}"
+
+
 class JsonAccessLogger(Logger):
     """Access log lines as JSON, with the request id the app assigned; gunicorn's own lines
     (starting, booting a worker, a worker timeout or crash) as JSON too, so that every line
@@ -184,6 +226,8 @@ class JsonAccessLogger(Logger):
             datefmt="%Y-%m-%dT%H:%M:%S%z")
         for handler in self.error_log.handlers:
             handler.setFormatter(formatter)
+        if not any(isinstance(f, CredentialTextFilter) for f in self.error_log.filters):
+            self.error_log.addFilter(CredentialTextFilter())
 
     def access(self, resp, req, environ, request_time):
         if not self.cfg.accesslog:

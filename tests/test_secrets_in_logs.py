@@ -14,8 +14,8 @@ session token, API keys.
 
 from __future__ import annotations
 
-import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -77,6 +77,14 @@ def get(url: str, **headers) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
+def send_raw(url: str, request: bytes) -> str:
+    """A request as a client wrote it, which gunicorn refuses before the app sees it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        return connection.recv(4096).decode(errors="replace")
+
+
 def assert_nowhere(canaries: list[str], *texts: str) -> None:
     """Each canary absent from each text; a failure shows the lines around the first found."""
     for canary in canaries:
@@ -97,8 +105,10 @@ def kill_sessions(server, user: str) -> None:
 def test_gunicorn_at_debug_with_a_root_handler_of_the_users(
         db_user, sm, moto_endpoint, mysql_server, root_at_debug, start_gunicorn):
     """Secrets Manager mode through gunicorn: startup, requests with good, bad and misplaced API
-    keys, a rotation under way (AWSPENDING tried after the database refused AWSCURRENT), an
-    unhandled exception, then a password the secret does not hold (1045: a 503)."""
+    keys (in the query, in a header line without its colon, which gunicorn refuses itself), a
+    rotation under way (AWSPENDING tried after the database refused AWSCURRENT), an unhandled
+    exception, then a password the secret does not hold (1045: a 503). gunicorn's -e values are
+    in its debug configuration dump."""
     first = db_user["password"]
     arn = sm.create_secret(Name=f"app/db/{uuid.uuid4().hex[:6]}",
                            SecretString=secret_value(db_user, first))["ARN"]
@@ -107,12 +117,16 @@ def test_gunicorn_at_debug_with_a_root_handler_of_the_users(
     env = {**app_env(arn), **root_at_debug, "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint,
            "WEB_CONCURRENCY": "1", "DB_POOL_IDLE_PING": "0", "API_AUTH": "all",
            "API_KEY_SHA256": key_digest(key)}
-    server = start_gunicorn(env, extra_args=["--log-level", "debug"])
+    dash_e = f"canary-dash-e-{uuid.uuid4().hex[:8]}"
+    server = start_gunicorn(env, extra_args=["--log-level", "debug", "-e", f"RDS_PASSWORD={dash_e}"])
     auth = {"Authorization": f"Bearer {key}"}
     answers = [get(server.url + "/api/users", **auth),
                get(server.url + "/api/users", Authorization=f"Bearer {bad_key}"),
                get(server.url + f"/api/users?api_key={query_key}", **auth)]
     assert [status for status, _ in answers] == [200, 401, 400], answers
+    for raw in (f"GET /api/users HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {key}\r\n\r\n",
+                f"GET /api/users?api_key={query_key}\r\n\r\n"):  # no colon; no HTTP version
+        assert send_raw(server.url, raw.encode()).startswith("HTTP/1.1 400 ")
 
     pending = f"canary-pending-{uuid.uuid4().hex[:8]}"  # a rotation's setSecret done, finishSecret not
     sm.put_secret_value(SecretId=arn, ClientRequestToken=str(uuid.uuid4()),
@@ -139,10 +153,11 @@ def test_gunicorn_at_debug_with_a_root_handler_of_the_users(
 
     output = server.output()
     assert "DEBUG:botocore." in output  # the user's root handler printed the libraries' lines
-    assert '"logger": "gunicorn.error"' in output and '"level": "DEBUG"' in output
     assert '"event": "secret_pending"' in output and "Traceback" in output
     assert_nowhere([first, pending, wrong, secret_string, AWS_SECRET, AWS_TOKEN, key, bad_key,
-                    query_key], output, *(body for _, body in answers))
+                    query_key, dash_e], output, *(body for _, body in answers))
+    assert "Current configuration:" in output and "raw_env: ['RDS_PASSWORD=<not shown>']" in output
+    assert "Invalid HTTP Header: 'Authorization ...'" in output
 
 
 def test_operator_commands_at_debug_with_a_root_handler_of_the_users(
