@@ -183,8 +183,8 @@ class CredentialTextFilter(logging.Filter):
     query string of a request line it refused (`GET /api/users?api_key=...`) or of a request
     the app crashed on, a header line without its colon (`Authorization Bearer <key>`; a bare
     header name is still shown), and the values of `-e NAME=value` in the configuration it
-    dumps at debug (`-e RDS_PASSWORD=...`). Behind Beanstalk's nginx such requests stop at nginx; run alone (scripts/run-local) they
-    reach gunicorn, which logs them at WARNING.
+    dumps at debug (`-e RDS_PASSWORD=...`). Behind Beanstalk's nginx such requests stop at
+    nginx; run alone (scripts/run-local) they reach gunicorn, which logs them at WARNING.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -197,9 +197,9 @@ def test_operator_commands_at_debug_with_a_root_handler_of_the_users(
 
 def test_flask_help_with_no_settings_lists_the_commands_and_a_command_names_the_fix():
     """A tutorial reader's first command, `flask --app application --help`, before setting
-    anything: the help with the app's commands (`migrate --help` takes the same way). The configuration error (naming each variable
-    and the fix) is the answer of a command that needs the database: migrate, and run, which
-    must not serve an app without one."""
+    anything: the help with the app's commands (`migrate --help` takes the same way). The
+    configuration error (naming each variable and the fix) is the answer of a command that
+    needs the database: migrate, and run, which must not serve an app without one."""
     flask = [sys.executable, "-m", "flask", "--app", "application"]
     runs = {"--help": (0, ["migrate  Apply pending schema", "seed     Insert the sample users"]),
             "migrate": (2, []), "run": (2, [])}
