@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mysql.connector
+from mysql.connector import errorcode
 
 
 class DatabaseUnavailable(Exception):
@@ -70,6 +71,13 @@ class DatabaseBusy(Exception):
     def __init__(self, message: str, *, errno: int):
         super().__init__(message)
         self.errno = errno
+
+    @property
+    def rolled_back(self) -> bool:
+        """True for a deadlock (1213): the server rolled the whole transaction back (MySQL and
+        MariaDB alike), so the transaction may be run again from its start. A lock wait
+        timeout (1205) rolls back only the statement, and a second try would wait as long."""
+        return self.errno == errorcode.ER_LOCK_DEADLOCK
 
 
 def gave_up(error: BaseException) -> DatabaseBusy | None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 from mysql.connector import errorcode
 from mysql.connector.errors import IntegrityError
 
-from app.db import Lease
+from app.db import DatabaseBusy, Lease
+
+log = logging.getLogger(__name__)
 
 # Timestamps are formatted by the server (UTC sessions): no datetime objects per row.
 _COLUMNS = ("id, email, name, DATE_FORMAT(created_at, '%Y-%m-%dT%TZ') AS created_at, "
@@ -23,6 +27,29 @@ class EmailTaken(Exception):
     """
 
 
+def _retried_after_deadlock(write):
+    """Run a write once more when the server ended it as a deadlock's victim (1213).
+
+    Writes of the same email deadlock in InnoDB's duplicate checks: two creates of an address
+    whose holder was just deleted each lock the deleted row and the next key, then wait for
+    each other to insert. The server rolls the victim's whole transaction back, so nothing of
+    it was applied and running it again from its start is safe: the client gets the answer the
+    conflict deserves (409 email_taken, or its 201), not a 503. A second deadlock is 503
+    database_busy; a lock wait timeout (1205) is never retried, a second try would wait as long.
+    """
+    @functools.wraps(write)
+    def run(db: Lease, *args, **kwargs):
+        try:
+            return write(db, *args, **kwargs)
+        except DatabaseBusy as err:
+            if not err.rolled_back:
+                raise
+            log.warning("deadlock: the server rolled the transaction back; running it again once",
+                        extra={"event": "db_deadlock_retried", "errno": err.errno})
+        return write(db, *args, **kwargs)
+    return run
+
+
 def list_users(db: Lease, *, limit: int, after: int) -> list[dict[str, Any]]:
     return db.query(
         f"SELECT {_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
@@ -33,6 +60,7 @@ def get_user(db: Lease, user_id: int) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+@_retried_after_deadlock
 def create_user(db: Lease, *, email: str, name: str) -> dict[str, Any]:
     """Insert and read the row back in one transaction: ids are sequential, and a DELETE of
     the next id that came between an autocommitted INSERT and its read left no row to return.
@@ -57,6 +85,7 @@ def create_user(db: Lease, *, email: str, name: str) -> dict[str, Any]:
     return user
 
 
+@_retried_after_deadlock
 def update_user(db: Lease, user_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
     """Apply changes and return the user as stored, or None when there is no such user."""
     columns = [c for c in _UPDATABLE if c in changes]
@@ -72,6 +101,7 @@ def update_user(db: Lease, user_id: int, changes: dict[str, Any]) -> dict[str, A
     return get_user(db, user_id)
 
 
+@_retried_after_deadlock
 def delete_user(db: Lease, user_id: int) -> bool:
     deleted, _ = db.execute("DELETE FROM users WHERE id = %s", (user_id,))
     return deleted > 0
