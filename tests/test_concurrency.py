@@ -126,6 +126,49 @@ def test_creates_deadlocked_after_a_delete_of_their_email_are_retried(
     assert "db_deadlock_retried" in api.output()
 
 
+def queue_behind_row_lock(api, env, mysql_server, locker, clients, user_id, requests_):
+    """Send `requests_` (method, json) for one user one after the other, each once the
+    previous one waits on the test's lock on the row; then let the row go. The server's
+    lock queue hands the row to them in that order. Returns their responses."""
+    cur = locker.cursor()
+    cur.execute("START TRANSACTION")
+    cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+    cur.fetchall()
+    pending = []
+    for method, body in requests_:
+        pending.append(clients.submit(requests.request, method, f"{api.url}/api/users/{user_id}",
+                                      json=body, timeout=20))
+        wait_for_lock_waits(mysql_server, env["RDS_DB_NAME"], len(pending),
+                            f"%users% WHERE id = {user_id}")
+    locker.rollback()
+    return [p.result() for p in pending]
+
+
+def test_patch_answers_its_own_write_when_another_patch_follows_it(
+        api, env, mysql_server, locker, clients):
+    """A PATCH answers the user as it left it: a PATCH of the same user that comes next
+    (queued on the row) waits for the first one's answer; it used to land between the
+    first's UPDATE and its read, and the first client got 200 with the second's name."""
+    user = create(api, "patch.order@example.org", "Before")
+    first, second = queue_behind_row_lock(api, env, mysql_server, locker, clients, user["id"],
+                                          [("PATCH", {"name": "First"}), ("PATCH", {"name": "Second"})])
+    assert first.status_code == 200 and first.json()["name"] == "First", first.text
+    assert second.status_code == 200 and second.json()["name"] == "Second", second.text
+    assert rows_with_email_key(env, user["email"]) == [(user["id"], user["email"], "Second")]
+
+
+def test_patch_applied_before_a_delete_answers_200_not_404(api, env, mysql_server, locker, clients):
+    """A PATCH whose UPDATE is applied, followed at once by a DELETE of the user, answers 200
+    with what it wrote: it used to read the row back after the DELETE and answer 404
+    user_not_found for a change it had made."""
+    user = create(api, "patch.delete@example.org", "Before")
+    patch, delete = queue_behind_row_lock(api, env, mysql_server, locker, clients, user["id"],
+                                          [("PATCH", {"name": "Patched"}), ("DELETE", None)])
+    assert patch.status_code == 200 and patch.json()["name"] == "Patched", patch.text
+    assert delete.status_code == 204, delete.text
+    assert rows_with_email_key(env, user["email"]) == []
+
+
 def forms_of(local: str, domain: str) -> list[str]:
     """One address as clients may spell it: cases, Unicode NFD, the domain in punycode. The
     validator folds the domain's case, NFD and punycode; the local part's case is for the
@@ -150,3 +193,61 @@ def test_every_spelling_of_one_address_racing_gets_one_201(api, env, clients):
         [created] = [r.json() for r in answers if r.status_code == 201]
         assert rows_with_email_key(env, created["email"]) == [(created["id"], created["email"], "n")]
 
+
+def test_conflicting_writes_under_load_answer_what_they_did(api, env, clients):
+    """Rounds of conflicting writes from many clients at once: creates of an address racing
+    the delete of its holder, two users swapping emails, PATCHes racing a DELETE and GETs of
+    one user. Every answer is one of the API's (a 503 only as database_busy with Retry-After),
+    every 2xx body is the request's own write, and the database agrees with the answers."""
+    url = api.url + "/api/users"
+    unexpected = []
+
+    def check(response, allowed):
+        if response.status_code == 503:  # a second deadlock in a row: clean, and retryable
+            ok = code(response) == "database_busy" and response.headers.get("Retry-After") == "1"
+        else:
+            ok = (response.status_code, code(response)) in allowed
+        if not ok:
+            unexpected.append((response.request.method, response.status_code, response.text))
+        return response
+
+    for i in range(6):
+        # Creates racing a delete of the address's holder.
+        email = f"Churn{i}@example.org"
+        holder = create(api, email)
+        delete = clients.submit(requests.delete, f"{url}/{holder['id']}", timeout=20)
+        posts = [clients.submit(requests.post, url, json={"email": form, "name": f"c{k}"}, timeout=20)
+                 for k, form in enumerate([email, email.lower(), email.upper()] * 3)]
+        check(delete.result(), {(204, None)})
+        created = [check(p.result(), {(201, None), (409, "email_taken")}) for p in posts]
+        created = [r.json() for r in created if r.status_code == 201]
+        assert len(created) <= 1, created
+        assert rows_with_email_key(env, email) == [(c["id"], c["email"], c["name"]) for c in created]
+
+        # Two users swapping emails: never both stored, each refused while the other holds it.
+        a, b = create(api, f"swap.a{i}@example.org"), create(api, f"swap.b{i}@example.org")
+        swaps = [clients.submit(requests.patch, f"{url}/{x['id']}", json={"email": y["email"]}, timeout=20)
+                 for x, y in ((a, b), (b, a))]
+        for s in swaps:
+            check(s.result(), {(409, "email_taken")})
+        assert rows_with_email_key(env, a["email"]) == [(a["id"], a["email"], "n")]
+        assert rows_with_email_key(env, b["email"]) == [(b["id"], b["email"], "n")]
+
+        # PATCHes, a DELETE and GETs of one user.
+        user = create(api, f"target{i}@example.org")
+        patches = [clients.submit(requests.patch, f"{url}/{user['id']}",
+                                  json={"name": f"p{k}", "email": f"target{i}.{k}@example.org"},
+                                  timeout=20) for k in range(4)]
+        delete = clients.submit(requests.delete, f"{url}/{user['id']}", timeout=20)
+        gets = [clients.submit(requests.get, f"{url}/{user['id']}", timeout=20) for _ in range(3)]
+        for k, p in enumerate(patches):
+            r = check(p.result(), {(200, None), (404, "user_not_found")})
+            if r.status_code == 200:
+                assert (r.json()["name"], r.json()["email"]) == (f"p{k}", f"target{i}.{k}@example.org")
+        check(delete.result(), {(204, None)})
+        for g in gets:
+            check(g.result(), {(200, None), (404, "user_not_found")})
+        assert requests.get(f"{url}/{user['id']}", timeout=20).status_code == 404
+
+    assert unexpected == []
+    assert "Traceback" not in api.output()

@@ -87,18 +87,28 @@ def create_user(db: Lease, *, email: str, name: str) -> dict[str, Any]:
 
 @_retried_after_deadlock
 def update_user(db: Lease, user_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Apply changes and return the user as stored, or None when there is no such user."""
+    """Apply changes and return the user as they left it, or None when there is no such user.
+
+    In one transaction, as create_user: the UPDATE's row lock holds until the row is read back,
+    so a write of the same user that comes next waits for the COMMIT. Autocommitted, such a
+    PATCH landed between the two and the client got its value (200 with another client's
+    name), or a DELETE did and it got 404 user_not_found for a change it had made.
+    """
     columns = [c for c in _UPDATABLE if c in changes]
-    if columns:
-        assignments = ", ".join(f"{c} = %s" for c in columns)
-        try:
-            db.execute(f"UPDATE users SET {assignments} WHERE id = %s",
-                       [changes[c] for c in columns] + [user_id])
-        except IntegrityError as err:
-            if err.errno == errorcode.ER_DUP_ENTRY:
-                raise EmailTaken(changes.get("email")) from None
-            raise
-    return get_user(db, user_id)
+    if not columns:
+        return get_user(db, user_id)
+    db.execute("START TRANSACTION READ WRITE", idempotent=True)
+    assignments = ", ".join(f"{c} = %s" for c in columns)
+    try:
+        db.execute(f"UPDATE users SET {assignments} WHERE id = %s",
+                   [changes[c] for c in columns] + [user_id])
+    except IntegrityError as err:
+        if err.errno == errorcode.ER_DUP_ENTRY:
+            raise EmailTaken(changes.get("email")) from None
+        raise
+    user = get_user(db, user_id)
+    db.execute("COMMIT")
+    return user
 
 
 @_retried_after_deadlock
