@@ -37,6 +37,14 @@ TRY_AGAIN = 1  # any status but 3 (WORKER_BOOT_ERROR) and 4: the master starts a
 TRY_AGAIN_PAUSE = 2  # seconds: a failing source is asked every few seconds, not in a tight loop
 
 
+def _say(message: str) -> None:
+    """The message and its newline in one write: workers failing together share the master's
+    stderr, and print's two writes (the text, then its end) let one worker's line run into
+    another's."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def _under_gunicorn() -> bool:
     """True in a gunicorn worker (forked from the master, which imported the arbiter)."""
     return "gunicorn.arbiter" in sys.modules
@@ -57,20 +65,20 @@ except ConfigError as err:
         from app.migrate import exit_status, failure_line
 
         if not looking_up_commands():
-            print(f"Error: {failure_line(err, None)}", file=sys.stderr, flush=True)
+            _say(f"Error: {failure_line(err, None)}")
             raise SystemExit(exit_status(err)) from None
         application = unconfigured_app(err)
     elif err.transient:
-        print(f"Configuration source unavailable: this worker exits in {TRY_AGAIN_PAUSE} s and "
-              f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
+        _say(f"Configuration source unavailable: this worker exits in {TRY_AGAIN_PAUSE} s and "
+             f"gunicorn starts another.\n{err}")
         time.sleep(TRY_AGAIN_PAUSE)
         raise SystemExit(TRY_AGAIN) from None
     elif _a_worker_loaded():
-        print(f"Configuration error: this worker cannot start; the workers already running keep "
-              f"serving with the configuration they loaded. It exits in {TRY_AGAIN_PAUSE} s and "
-              f"gunicorn starts another.\n{err}", file=sys.stderr, flush=True)
+        _say(f"Configuration error: this worker cannot start; the workers already running keep "
+             f"serving with the configuration they loaded. It exits in {TRY_AGAIN_PAUSE} s and "
+             f"gunicorn starts another.\n{err}")
         time.sleep(TRY_AGAIN_PAUSE)
         raise SystemExit(TRY_AGAIN) from None
     else:
-        print(f"Configuration error: the app cannot start.\n{err}", file=sys.stderr, flush=True)
+        _say(f"Configuration error: the app cannot start.\n{err}")
         raise SystemExit(APP_LOAD_ERROR) from None

@@ -225,6 +225,49 @@ def test_workers_that_cannot_load_the_app_stop_gunicorn_with_its_reason_and_no_t
         assert output.count("Configuration error: the app cannot start.") == 4
 
 
+WRITES_TO_STDERR = """
+import io, sys, types
+writes = []
+
+class Recorder(io.RawIOBase):
+    def writable(self):
+        return True
+
+    def write(self, b):
+        writes.append(bytes(b))
+        return len(b)
+
+sys.stderr = io.TextIOWrapper(io.BufferedWriter(Recorder()), line_buffering=True)
+sys.modules["gunicorn.arbiter"] = types.ModuleType("gunicorn.arbiter")  # as in a worker
+try:
+    import application
+except SystemExit as exit:
+    sys.stdout.write(repr((exit.code, writes)))
+"""
+
+
+def test_a_worker_that_cannot_load_the_app_writes_its_message_in_one_write(tmp_path):
+    """Workers that fail together write to the master's stderr at once: with print's two writes
+    (the message, then its newline) one worker's last line ran into the next one's first, so
+    the test above now and then counted 15 lines of four workers' 16."""
+    import ast
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RDS_", "DB_", "LOG_"))}
+    env.update(RDS_HOSTNAME="db.invalid", RDS_DB_NAME="ebdb", RDS_USERNAME="app", RDS_PASSWORD="x",
+               DB_POOL_SIZE="lots")
+    result = subprocess.run([sys.executable, "-c", WRITES_TO_STDERR], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    code, writes = ast.literal_eval(result.stdout)
+    assert code == 4, result
+    [message] = writes  # one write: the whole message with its newline
+    assert message.startswith(b"Configuration error: the app cannot start.\n") and message.endswith(b"\n")
+    assert b"DB_POOL_SIZE" in message
+
+
 def test_a_worker_killed_while_gunicorn_stops_is_logged_as_an_error(db_env, mysql_server,
                                                                    slow_gunicorn):
     """While the master stops (a deploy, a scale-in) a worker still finishing a request may be
