@@ -109,6 +109,31 @@ def run_hiding(folders: list[str], command: list[str], *, env: dict[str, str], p
     return subprocess.run([*namespace, f'{hide} && exec "$@"', "sh", *command], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
+MOTO_REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """moto's server on a free port, for tests whose AWS calls cross a process boundary
+    (subprocesses, gunicorn workers) and so cannot use mock_aws."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def sm(moto_endpoint):
+    """A Secrets Manager client of moto_endpoint's, in MOTO_REGION."""
+    import boto3
+
+    return boto3.client("secretsmanager", region_name=MOTO_REGION, endpoint_url=moto_endpoint,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
 @pytest.fixture(scope="session")
 def mysql_server():
     url = os.environ.get("TEST_DATABASE_URL")

@@ -18,26 +18,9 @@ import mysql.connector
 import pytest
 
 from app.bootstrap import user_sql
-from conftest import ROOT
+from conftest import MOTO_REGION, ROOT
 
-REGION = "eu-west-1"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def sm(moto_endpoint):
-    return boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto_endpoint,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+REGION = MOTO_REGION
 
 
 @pytest.fixture

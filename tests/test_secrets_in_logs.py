@@ -23,35 +23,17 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
 import localdb
 from app.auth import key_digest
-from conftest import ROOT
+from conftest import MOTO_REGION, ROOT
 from test_secrets import app_env, db_user, secret_value  # noqa: F401 (a fixture)
 
-REGION = "eu-west-1"
+REGION = MOTO_REGION
 AWS_SECRET = f"canary-aws-secret-key-{uuid.uuid4().hex[:8]}"
 AWS_TOKEN = f"canary-aws-session-token-{uuid.uuid4().hex[:8]}"
 ROOT_AT_DEBUG = "import logging\nlogging.basicConfig(level=logging.DEBUG)\n"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def sm(moto_endpoint):
-    return boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto_endpoint,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 @pytest.fixture
