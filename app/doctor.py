@@ -390,7 +390,8 @@ class Doctor:
             return
         self.logged_in_tried = True
         try:
-            self.conn = ConnectionOpener(self.settings, self.credentials)()
+            # whole_reads: the grants are read in full whatever the server's sql_select_limit.
+            self.conn = ConnectionOpener(self.settings, self.credentials, whole_reads=True)()
         except (_mysql_error(), DatabaseUnavailable) as err:
             self.refused = err
         except Exception as err:  # noqa: BLE001 - an AWS refusal is a finding, anything else a bug

@@ -158,7 +158,8 @@ def _flat(text) -> str:
 
 
 def connect(settings, credentials):
-    """A session for migrating: the app's credentials and TLS, without DB_READ_TIMEOUT.
+    """A session for migrating: the app's credentials and TLS, without DB_READ_TIMEOUT, reading
+    whole tables whatever the server's sql_select_limit (WHOLE_READS).
 
     That timeout is for requests. Here the wait for the lock is bounded by GET_LOCK's own
     timeout, and a DDL statement on a large table may run for minutes: a client that gave up
@@ -167,7 +168,8 @@ def connect(settings, credentials):
     """
     from app.db.connection import ConnectionOpener
 
-    return ConnectionOpener(settings.model_copy(update={"read_timeout": None}), credentials)()
+    return ConnectionOpener(settings.model_copy(update={"read_timeout": None}), credentials,
+                            whole_reads=True)()
 
 
 def latest_version() -> int:

@@ -80,7 +80,7 @@ def migrate_as_the_app(env: dict[str, str], pure: bool = False) -> list[str]:
     """app.migrate's session (the app's opener, no read timeout) on either protocol."""
     settings = load_settings(env).model_copy(update={"read_timeout": None})
     opener = ConnectionOpener(settings, StaticPassword(settings.user, settings.password.get_secret_value()),
-                              use_pure=pure)
+                              use_pure=pure, whole_reads=True)
     conn = opener()
     try:
         return migrate.apply(conn)
@@ -350,6 +350,61 @@ def test_a_server_that_requires_tls(tmp_path):
                 assert protocol_of(database) == "CMySQLConnection"
                 assert client.get("/api/users?limit=1").status_code == 200
         assert migrate_as_the_app({**env, "DB_SSL_MODE": "verify-identity"}) == []
+
+
+# The session variables RDS Proxy tracks for MySQL and MariaDB: a session that sets only these
+# keeps being multiplexed; any other SET pins it to one database connection until it closes
+# ("What RDS Proxy tracks for RDS for MySQL and RDS for MariaDB databases",
+# https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy-pinning.html).
+PROXY_TRACKED = {"autocommit", "auto_increment_increment", "character set", "char set",
+                 "character_set_client", "character_set_database", "character_set_results",
+                 "collation_connection", "collation_database", "collation_server", "names",
+                 "sql_mode", "time_zone", "transaction_isolation", "tx_isolation",
+                 "transaction_read_only", "tx_read_only"}
+
+
+def set_variables(statement: str) -> set[str]:
+    """The variables a SET statement of the general log assigns (NAMES for SET NAMES)."""
+    rest = re.sub(r"(?i)^SET\s+", "", statement)
+    if re.match(r"(?i)NAMES\s", rest):
+        return {"names"}
+    return {name.lower() for name in re.findall(r"(?i)(?:^|,)\s*(?:@@session\.|SESSION\s+)?([a-z_]+)\s*=", rest)}
+
+
+def test_the_pools_sessions_set_only_what_rds_proxy_tracks(tmp_path):
+    """The pool's sessions, on both protocols, set only variables RDS Proxy tracks, so behind a
+    proxy they stay multiplexed; an operator's (migrate) also sets sql_select_limit, which
+    pins its short session. Before, every pooled session set sql_select_limit too, and a proxy
+    would have pinned them all (the README's DatabaseConnectionsCurrentlySessionPinned).
+    Read from the server's general log: every statement each session sent."""
+    log = tmp_path / "general.log"
+    with server_with(tmp_path, "--general-log=1", f"--general-log-file={log}") as server:
+        env = new_database(server)
+        settings = load_settings(env)
+        operator = migrate.connect(settings, StaticPassword(settings.user, settings.password.get_secret_value()))
+        migrate.apply(operator)
+        operator.close()
+        pooled = []
+        for protocol, pure in PROTOCOLS.items():
+            with app_client(env, pure) as (client, database):
+                assert client.get("/api/users").status_code == 200, protocol
+                assert client.post("/api/users", json={"email": f"p@{protocol}.example.com",
+                                                       "name": "p"}).status_code == 201, protocol
+                lease = database.borrow()
+                pooled.append(lease.connection_id)
+                lease.release()
+        sent: dict[int, list[str]] = {}
+        for line in log.read_text().splitlines():
+            found = re.match(r"^(?:\d{6}\s+[\d:]+)?\s+(\d+) Query\t(.*)$", line)
+            if found:
+                sent.setdefault(int(found[1]), []).append(found[2])
+    for connection_id in pooled:
+        statements = [s for s in sent[connection_id] if re.match(r"(?i)SET\s", s)]
+        variables = set().union(*map(set_variables, statements))
+        assert variables and variables <= PROXY_TRACKED, (variables - PROXY_TRACKED, statements)
+    operators = [cid for cid, statements in sent.items()
+                 if "SET sql_select_limit = 18446744073709551615" in statements]
+    assert operators and not set(operators) & set(pooled), sent
 
 
 def test_mysql_8s_refusal_of_cleartext_names_db_ssl_mode():

@@ -15,17 +15,20 @@ from app.db.errors import DatabaseMisconfigured, DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 
-# What the app's statements assume of a session, whatever a DB parameter group (or its
-# init_connect) made the global default: TIMESTAMP columns come back in UTC, and a SELECT
-# returns every row it asks for. A global sql_select_limit cut `python -m app.migrate`'s read
-# of the applied versions, which then applied 0002 again and failed, and doctor's read of the
-# grants (tests/test_server_settings.py). One statement after login, in place of the driver's
-# own SET time_zone: no extra round trip.
-SESSION_SETTINGS = "SET time_zone = '+00:00', sql_select_limit = 18446744073709551615"
+# Operator sessions (migrate, doctor) read whole tables: the applied migrations, the grants.
+# A global sql_select_limit (a DB parameter group's, or its init_connect's: the app user has no
+# SUPER, so it runs for every session) cut those reads: migrate then applied 0002 again and
+# failed, every deploy after the first, and doctor reported every privilege missing
+# (tests/test_server_settings.py). Not the pooled sessions: each of their reads carries its own
+# LIMIT, and a session variable that RDS Proxy does not track pins the session to its database
+# connection for good (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy-pinning.html):
+# the pool sets only time_zone, autocommit and the character set, which the proxy tracks.
+WHOLE_READS = "SET sql_select_limit = 18446744073709551615"
 
 
-def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
-    """mysql-connector arguments shared by every connection, credentials excluded."""
+def connect_arguments(settings: Settings, use_pure: bool = False, whole_reads: bool = False) -> dict:
+    """mysql-connector arguments shared by every connection, credentials excluded;
+    `whole_reads` for an operator's session (WHOLE_READS)."""
     args = dict(
         host=settings.host,
         port=settings.port,
@@ -34,7 +37,7 @@ def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
         read_timeout=settings.read_timeout,
         write_timeout=settings.read_timeout,
         autocommit=True,  # each statement commits on its own: no COMMIT/ROLLBACK round trips
-        init_command=SESSION_SETTINGS,
+        time_zone="+00:00",  # TIMESTAMP columns come back in UTC
         charset="utf8mb4",
         collation="utf8mb4_unicode_ci",
         # False: the C extension (mysql.connector.HAVE_CEXT says it loaded). Not for
@@ -43,6 +46,8 @@ def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
         # pure-Python protocol refuses such a server first (tests/test_tls_downgrade.py).
         use_pure=use_pure or settings.ssl_mode is SslMode.VERIFY_CA,
     )
+    if whole_reads:
+        args["init_command"] = WHOLE_READS
     if settings.auth is AuthMode.IAM:
         # The token travels as a cleartext password: only ever inside verified TLS (Settings
         # refuses IAM below verify-ca; with verify-ca or verify-identity the driver refuses a
@@ -62,10 +67,11 @@ def connect_arguments(settings: Settings, use_pure: bool = False) -> dict:
 class ConnectionOpener:
     """The pool's creator: asks the credential provider anew for every physical connection."""
 
-    def __init__(self, settings: Settings, credentials: CredentialProvider, use_pure: bool = False):
+    def __init__(self, settings: Settings, credentials: CredentialProvider, use_pure: bool = False,
+                 whole_reads: bool = False):
         self.settings = settings
         self.credentials = credentials
-        self._args = connect_arguments(settings, use_pure)
+        self._args = connect_arguments(settings, use_pure, whole_reads)
 
     def __call__(self):
         """A new connection; raises the driver's error, or DatabaseUnavailable (or its
