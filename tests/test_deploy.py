@@ -244,6 +244,9 @@ BREAKAGES = {
         _replace("Procfile", b"application:application", b"app:application"),
         ["Procfile: the WSGI path app:application does not load",
          "serves application:application from application.py"]),
+    "WSGI module not in the bundle": (
+        _replace("Procfile", b"application:application", b"wsgi:application"),
+        ["Procfile: the WSGI path wsgi:application does not load (the bundle has no module wsgi)"]),
 }
 
 
