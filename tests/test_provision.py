@@ -116,7 +116,7 @@ def aws(monkeypatch):
     monkeypatch.setenv("MOTO_ACCOUNT_ID", ACCOUNT)
     # AWS managed policies (AWSElasticBeanstalkWebTier) exist in a real account; moto loads them on request.
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
-    # moto builds its 5,184 default AMIs for every EC2 backend it makes (about 1.5 s a test);
+    # moto builds its 5,184 default AMIs for every EC2 backend it makes (about a second a test);
     # nothing here launches an instance.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     # moto 5.2.5 keeps modify_db_cluster's EnableIAMDatabaseAuthentication in an attribute that
