@@ -525,25 +525,51 @@ def wsgi_module(value: str) -> tuple[str, str] | None:
     return (module, attr) if dotted.fullmatch(module) and re.fullmatch(r"[A-Za-z_]\w*", attr) else None
 
 
-def _bound_names(statements: list[ast.stmt]) -> set[str]:
-    """Names a module binds at its top level, including inside if/try/with/for blocks."""
+def top_level_names(tree: ast.Module) -> set[str]:
+    """Names a module may bind when it runs ("*" for a star import): assignments, definitions,
+    imports, `with ... as`, for targets, walrus targets, match captures and
+    names a function declares global, at its top level and inside any block (if, try and
+    try/except*, with, for, while, match). Lenient: a name it misses would refuse a module that
+    loads, while one it accepts wrongly is still caught by importing the module."""
     names: set[str] = set()
-    for node in statements:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With)):
-            targets = node.targets if isinstance(node, ast.Assign) else (
-                [i.optional_vars for i in node.items if i.optional_vars] if isinstance(node, ast.With)
-                else [node.target])
-            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-        for block in ("body", "orelse", "finalbody"):
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                names |= _bound_names(getattr(node, block, []) or [])
-        for handler in getattr(node, "handlers", []) or []:
-            names |= _bound_names(handler.body)
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                if not isinstance(child, ast.Lambda):
+                    names.add(child.name)
+                names.update(n for g in ast.walk(child) if isinstance(g, ast.Global) for n in g.names)
+                continue
+            if isinstance(child, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                # Only a walrus in a comprehension binds in the module.
+                names.update(w.target.id for w in ast.walk(child) if isinstance(w, ast.NamedExpr))
+                continue
+            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                names.add(child.id)
+            elif isinstance(child, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in child.names)
+            elif isinstance(child, (ast.MatchAs, ast.MatchStar)) and child.name:
+                names.add(child.name)
+            elif isinstance(child, ast.MatchMapping) and child.rest:
+                names.add(child.rest)
+            visit(child)
+
+    visit(tree)
     return names
+
+
+def module_problem(source: Path, staging: Path, attr: str) -> str | None:
+    """Why `source` cannot serve `attr`: a syntax error, or no top-level binding of it (a star
+    import may bind anything: the import tells); None when it may."""
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except SyntaxError as err:
+        return (f"{source.relative_to(staging)} does not compile (SyntaxError: {err.msg}, line {err.lineno}), "
+                f"so it defines no {attr!r}")
+    names = top_level_names(tree)
+    if attr in names or "*" in names:
+        return None
+    return f"{source.relative_to(staging)} defines no {attr!r}"
 
 
 def _python_container(settings: list[Setting], staging: Path, procfile_target: str | None) -> list[str]:
@@ -568,10 +594,10 @@ def _python_container(settings: list[Setting], staging: Path, procfile_target: s
                                 f"({module.replace('.', '/')}.py); point it at the module that defines the "
                                 f"WSGI callable, as application:application ({PYTHON})")
                 continue
-            if attr not in _bound_names(ast.parse(source.read_bytes()).body):
-                problems.append(f"{name}: {ns} WSGIPath {value!r}: {source.relative_to(staging)} defines no "
-                                f"{attr!r}, the callable Beanstalk would serve; point it at the module that "
-                                f"defines it, as application:application ({doc})")
+            why = module_problem(source, staging, attr)
+            if why is not None:
+                problems.append(f"{name}: {ns} WSGIPath {value!r}: {why}, the callable Beanstalk would serve; "
+                                f"point it at the module that defines it, as application:application ({doc})")
                 continue
         if procfile_target is not None and target != procfile_target:
             problems.append(f"{name}: {ns} {option} {value!r} is ignored: a Procfile overrides the {ns} "

@@ -281,6 +281,43 @@ def test_a_hook_without_its_exec_bit_is_named_as_the_platform_treats_it(tmp_path
     assert "every Amazon Linux 2023 one, grant the bit themselves" in message, message
 
 
+WSGI_MODULES_THAT_LOAD = {
+    "walrus": "import sys\nif (application := sys.modules[__name__]):\n    pass\n",
+    "except*": "try:\n    pass\nexcept* ValueError:\n    pass\nelse:\n    application = 1\n",
+    "match": "match 1:\n    case _:\n        application = 1\n",
+    "a function's global": "def build():\n    global application\n    application = 1\n\nbuild()\n",
+}
+
+
+@pytest.mark.parametrize("form", WSGI_MODULES_THAT_LOAD)
+def test_the_static_wsgi_check_passes_a_module_that_binds_the_name(tmp_path, form):
+    """Step 3 refuses only what step 4's import would: a module binding `application` by a
+    walrus, inside try/except* or match, or through a function's `global` loads (its import
+    exits 0), and was refused as "defines no application" before the virtualenv was made."""
+    rehearsal = load_script("rehearse-deploy")
+    (tmp_path / "Procfile").write_text("web: gunicorn --config gunicorn.conf.py application:application\n")
+    (tmp_path / "application.py").write_text(WSGI_MODULES_THAT_LOAD[form])
+    loads = subprocess.run([sys.executable, "-c", "import application; application.application"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert loads.returncode == 0, loads.stderr
+    rehearsal.check_wsgi_target(tmp_path)  # raised RehearsalError for each before
+
+
+def test_the_static_wsgi_check_names_a_syntax_error(tmp_path):
+    """An application.py that does not compile is a RehearsalError naming the file and line,
+    as step 4's import said it; the static check's ast.parse let the SyntaxError escape, and
+    the rehearsal ended in a traceback."""
+    rehearsal = load_script("rehearse-deploy")
+    (tmp_path / "Procfile").write_text("web: gunicorn --config gunicorn.conf.py application:application\n")
+    (tmp_path / "application.py").write_text("application = 1\ndef broken(:\n    pass\n")
+    with pytest.raises(rehearsal.RehearsalError) as raised:
+        rehearsal.check_wsgi_target(tmp_path)
+    message = str(raised.value)
+    assert message.startswith("Procfile: the WSGI path application:application does not load "
+                              "(application.py does not compile (SyntaxError: "), message
+    assert "line 2" in message, message
+
+
 def rehearse_as_a_user(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """./scripts/rehearse-deploy as typed in a shell with the project's virtualenv active: its
     shebang starts the first python3 on PATH."""
