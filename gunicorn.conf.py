@@ -170,9 +170,12 @@ def client_address(environ) -> str | None:
     return hops[-1] if hops else environ.get("REMOTE_ADDR")
 
 
-# gunicorn's warning for a request it could not parse quotes the request line or header line.
-_UNPARSED = re.compile(r"^(Invalid request from ip=\S* ?: Invalid HTTP (?:request line|Header)): '(.*)'$",
-                       re.DOTALL)
+# gunicorn's warning for a request it could not parse quotes the request line, what follows its
+# second space (as the HTTP version: a query with a space in it runs on there), or the header
+# line, as Python's repr: in double quotes when the text holds a single one.
+_UNPARSED = re.compile(r"""^(Invalid request from ip=\S* ?: Invalid HTTP (?:request line|Version|Header)): """
+                       r"""(?:'(.*)'|"(.*)")$""", re.DOTALL)
+_VERSION = re.compile(r"[A-Za-z0-9/.]{1,16}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 # Its configuration dump (at --log-level debug) lists -e/--env as given: NAME=value.
 _RAW_ENV = re.compile(r"^(  raw_env: )(\[.*\])$", re.MULTILINE)
@@ -180,7 +183,8 @@ _RAW_ENV = re.compile(r"^(  raw_env: )(\[.*\])$", re.MULTILINE)
 
 class CredentialTextFilter(logging.Filter):
     """Keeps out of gunicorn's own lines the text that may hold a credential, never parsed: the
-    query string of a request line it refused (`GET /api/users?api_key=...`) or of a request
+    query string of a request line it refused (`GET /api/users?api_key=...`; what it took for
+    the HTTP version, `b&api_key=... HTTP/1.1` after a space in the query) or of a request
     the app crashed on, a header line without its colon (`Authorization Bearer <key>`; a bare
     header name is still shown), and the values of `-e NAME=value` in the configuration it
     dumps at debug (`-e RDS_PASSWORD=...`). Behind Beanstalk's nginx such requests stop at
@@ -191,9 +195,11 @@ class CredentialTextFilter(logging.Filter):
         message = record.getMessage()
         unparsed = _UNPARSED.match(message)
         if unparsed:
-            kind, text = unparsed.groups()
+            kind, text = unparsed[1], unparsed[2] if unparsed[2] is not None else unparsed[3]
             if kind.endswith("request line"):
                 shown = text.split("?", 1)[0] + ("?..." if "?" in text else "")
+            elif kind.endswith("Version"):
+                shown = text if _VERSION.fullmatch(text) else "..."
             else:
                 shown = text if _HEADER_NAME.fullmatch(text) else re.split(r"[\s:]", text, 1)[0] + " ..."
             if shown != text:

@@ -107,7 +107,9 @@ def test_gunicorn_at_debug_with_a_root_handler_of_the_users(
                get(server.url + f"/api/users?api_key={query_key}", **auth)]
     assert [status for status, _ in answers] == [200, 401, 400], answers
     for raw in (f"GET /api/users HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {key}\r\n\r\n",
-                f"GET /api/users?api_key={query_key}\r\n\r\n"):  # no colon; no HTTP version
+                f"GET /api/users?api_key={query_key}\r\n\r\n",  # no colon; no HTTP version
+                f"GET /api/users?q=a b&api_key={query_key} HTTP/1.1\r\n\r\n",  # its "version"
+                f"GET /api/users?q=O'Brien&api_key={query_key}\r\n\r\n"):  # repr in double quotes
         assert send_raw(server.url, raw.encode()).startswith("HTTP/1.1 400 ")
 
     pending = f"canary-pending-{uuid.uuid4().hex[:8]}"  # a rotation's setSecret done, finishSecret not
@@ -140,6 +142,34 @@ def test_gunicorn_at_debug_with_a_root_handler_of_the_users(
                     query_key, dash_e], output, *(body for _, body in answers))
     assert "Current configuration:" in output and "raw_env: ['RDS_PASSWORD=<not shown>']" in output
     assert "Invalid HTTP Header: 'Authorization ...'" in output
+
+
+def test_gunicorns_refusals_quote_no_credential():
+    """gunicorn.conf.py's filter on gunicorn's warning for each request it refuses, as gunicorn
+    23 words it (workers/base.py handle_error: the exception's text, a repr). A query with a
+    space in it puts what follows the space in the "HTTP version" it quotes, and a single
+    quote anywhere makes the repr double-quoted: both printed the API key before."""
+    import logging
+    import runpy
+
+    from gunicorn.http.errors import InvalidHeader, InvalidHTTPVersion, InvalidRequestLine
+
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    key = f"canary-api-key-{uuid.uuid4().hex[:8]}"
+    refusals = {
+        InvalidRequestLine(f"GET /api/users?api_key={key}"): "'GET /api/users?...'",
+        InvalidRequestLine(f"GET /api/users?q=O'Brien&api_key={key}"): "'GET /api/users?...'",
+        InvalidHTTPVersion(f"b&api_key={key} HTTP/1.1"): "Invalid HTTP Version: '...'",
+        InvalidHeader(f"Authorization Bearer {key}"): "'Authorization ...'",
+        InvalidHeader(f"X-Note it's {key}"): "X-Note ...",
+        InvalidHTTPVersion("HTTP/1.x"): "Invalid HTTP Version: 'HTTP/1.x'",  # no credential: shown
+    }
+    for exc, shown in refusals.items():
+        record = logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 0,
+                                   f"Invalid request from ip=127.0.0.1: {exc}", (), None)
+        assert config["CredentialTextFilter"]().filter(record)
+        message = record.getMessage()
+        assert key not in message and shown in message, message
 
 
 def test_operator_commands_at_debug_with_a_root_handler_of_the_users(
