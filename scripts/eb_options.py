@@ -422,16 +422,18 @@ def _related_options(settings: list[Setting], balancer: str) -> list[str]:
     final: dict[tuple[str, str], tuple[str, str]] = {}
     for name, ns_name, option, value in settings:
         ns = namespace(ns_name)
-        if ns is not None and not ns.any_name and option in ns.options and ns.options[option].accepts(value, balancer):
-            final[(ns_name, option)] = (name, value.strip())
+        if ns is not None and not ns.any_name and option in ns.options:
+            # A value refused on its own stays None: rules with it wait for its fix.
+            accepted = ns.options[option].accepts(value, balancer)
+            final[(ns_name, option)] = (name, value.strip() if accepted else None)
 
     def get(ns_name: str, option: str, default_ns: str | None = None):
-        """(file or None for Beanstalk's default, value as int or text)."""
+        """(file or None for Beanstalk's default, value as int or text; None if refused)."""
         if (ns_name, option) in final:
             name, value = final[(ns_name, option)]
         else:
             name, value = None, DEFAULTS[(default_ns or ns_name, option)]
-        return name, (int(value) if _integer(value) is not None else value)
+        return name, (None if value is None else int(value) if _integer(value) is not None else value)
 
     def shown(name: str | None, value) -> str:
         return f"{value} (set in {name})" if name else f"{value} (not set: Beanstalk's default)"
@@ -441,7 +443,7 @@ def _related_options(settings: list[Setting], balancer: str) -> list[str]:
     for ns_name in processes if balancer == "application" else []:
         timeout_file, timeout = get(ns_name, "HealthCheckTimeout", "aws:elasticbeanstalk:environment:process:")
         interval_file, interval = get(ns_name, "HealthCheckInterval", "aws:elasticbeanstalk:environment:process:")
-        if timeout >= interval and (timeout_file or interval_file):
+        if None not in (timeout, interval) and timeout >= interval and (timeout_file or interval_file):
             problems.append(
                 f"{timeout_file or interval_file}: {ns_name} HealthCheckTimeout {shown(timeout_file, timeout)} is not "
                 f"below HealthCheckInterval {shown(interval_file, interval)}: the load balancer refuses a health "
@@ -453,7 +455,7 @@ def _related_options(settings: list[Setting], balancer: str) -> list[str]:
     max_file, max_size = get("aws:autoscaling:asg", "MaxSize")
     if (rolling, "MinInstancesInService") in final:
         name, minimum = get(rolling, "MinInstancesInService")
-        if minimum >= max_size:
+        if None not in (minimum, max_size) and minimum >= max_size:
             problems.append(
                 f"{name}: {rolling} MinInstancesInService {minimum} is not below aws:autoscaling:asg MaxSize "
                 f"{shown(max_file, max_size)}: CloudFormation's rolling update policy requires it to be less; "
@@ -465,7 +467,7 @@ def _related_options(settings: list[Setting], balancer: str) -> list[str]:
         name, size = get(command, "BatchSize")
         type_file, size_type = get(command, "BatchSizeType")
         high = 100 if size_type == "Percentage" else max_size
-        if size > high:
+        if None not in (size, size_type, high) and size > high:
             limit = ("100 (a percentage of the instances)" if size_type == "Percentage" else
                      f"aws:autoscaling:asg MaxSize, {shown(max_file, max_size)}")
             problems.append(

@@ -599,6 +599,22 @@ def test_option_rules_compare_with_beanstalks_defaults():
                              ("01", process, "HealthCheckInterval", "10")], ROOT, None) == []
 
 
+def test_option_rules_wait_for_a_value_refused_on_its_own():
+    """A value out of its own range has its message, and no rule compares it (the docstring of
+    _related_options): a HealthCheckTimeout of 70 was compared as Beanstalk's default 5, "not
+    set", and reported not below an interval of 5; a MaxSize of 0 as the default 4."""
+    import eb_options
+
+    process, rolling = "aws:elasticbeanstalk:environment:process:default", "aws:autoscaling:updatepolicy:rollingupdate"
+    alb = ("00", "aws:elasticbeanstalk:environment", "LoadBalancerType", "application")
+    [problem] = eb_options.check([alb, ("01", process, "HealthCheckTimeout", "70"),
+                                  ("01", process, "HealthCheckInterval", "5")], ROOT, None)
+    assert "HealthCheckTimeout '70' is not valid" in problem, problem
+    problems = eb_options.check([("01", "aws:autoscaling:asg", "MaxSize", "0"),
+                                 ("01", rolling, "MinInstancesInService", "4")], ROOT, None)
+    assert len(problems) == 1 and "MaxSize '0' is not valid" in problems[0], problems
+
+
 def test_option_checks_read_the_load_balancer_type():
     """With a network load balancer MatcherHTTPCode is 200 to 399 and HealthCheckInterval 10 or 30
     (https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/command-options-general.html#command-options-general-environmentprocess)."""
