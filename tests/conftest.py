@@ -109,6 +109,18 @@ def run_hiding(folders: list[str], command: list[str], *, env: dict[str, str], p
     return subprocess.run([*namespace, f'{hide} && exec "$@"', "sh", *command], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
+@pytest.fixture(scope="session", autouse=True)
+def rehearse_lint_cache(tmp_path_factory, worker_id):
+    """scripts/rehearse-deploy's linters answer each distinct input once per run
+    (REHEARSE_LINT_CACHE), in a directory the pytest-xdist workers of this run share."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # a worker's basetemp is a folder of the run's
+        root = root.parent
+    os.environ["REHEARSE_LINT_CACHE"] = str(root / "rehearse-lint-cache")
+    yield
+    os.environ.pop("REHEARSE_LINT_CACHE", None)
+
+
 MOTO_REGION = "eu-west-1"
 
 

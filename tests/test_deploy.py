@@ -4,6 +4,7 @@ The rehearsal must pass on what ships and fail, naming the file and the fix, on 
 the bundle broken the ways real deployments break.
 """
 
+import json
 import os
 import shlex
 import shutil
@@ -102,8 +103,9 @@ def test_gitattributes_forces_lf_on_deployment_files():
 
 def test_readme_rehearsal_command_passes_on_what_ships():
     [line] = readme_lines(".venv/bin/python scripts/rehearse-deploy")
+    env = {k: v for k, v in os.environ.items() if k != "REHEARSE_LINT_CACHE"}  # the linters run
     result = subprocess.run([PYTHON, *shlex.split(line)[1:]], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=600, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     for step in ("checks passed", "cfn-lint: 2 resource(s), no findings", "checkov:", "none failed",
@@ -261,6 +263,33 @@ def test_rehearsal_fails_on_seeded_breakage(bundle, tmp_path, breakage):
     for text in expected:
         assert text in output, (text, output[-3000:])
     assert "passed in" not in output
+
+
+def test_the_linters_answer_each_input_once_with_a_cache(tmp_path, monkeypatch):
+    """With REHEARSE_LINT_CACHE a linter's answer to the same command line and input is read
+    back: here the linter is gone by the second call, which still gets its answer, paths in it
+    pointing at the second call's input; another input runs the linter again."""
+    rehearsal = load_script("rehearse-deploy")
+    monkeypatch.setenv("REHEARSE_LINT_CACHE", str(tmp_path / "cache"))
+    linter = tmp_path / "bin" / "cfn-lint"
+    linter.parent.mkdir()
+    linter.symlink_to(ROOT / ".venv-iac" / "bin" / "cfn-lint")
+    runs = []
+    for name, resources in (("first", {"Bad": {"Type": "AWS::EC2::SecurityGroup", "Properties": {}}}),
+                            ("second", {"Bad": {"Type": "AWS::EC2::SecurityGroup", "Properties": {}}})):
+        path = tmp_path / name / "template.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"Resources": resources}))
+        runs.append((path, rehearsal.run_linter([str(linter), "--format", "parseable", "--", str(path)], path)))
+        linter.unlink(missing_ok=True)  # the second call can only be answered from the cache
+    (first_path, first), (second_path, second) = runs
+    assert first.returncode != 0 and str(first_path) in first.stdout, first
+    assert second.returncode == first.returncode
+    assert second.stdout == first.stdout.replace(str(first_path), str(second_path))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"Resources": {"Fine": {"Type": "AWS::SNS::Topic"}}}))
+    with pytest.raises(FileNotFoundError):  # a new input runs the (now missing) linter
+        rehearsal.run_linter([str(linter), "--format", "parseable", "--", str(other)], other)
 
 
 def test_a_hook_without_its_exec_bit_is_named_as_the_platform_treats_it(tmp_path):
