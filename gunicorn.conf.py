@@ -152,6 +152,31 @@ def post_worker_init(worker):
                            "ms": round((time.perf_counter() - started) * 1000, 1)})
 
 
+def worker_int(worker):
+    """A worker stopped by SIGINT or SIGQUIT while it hands a connection to a thread exits at once.
+
+    Ctrl-C reaches every process of scripts/run-local's group, and the master answers its own
+    SIGINT with SIGQUIT to each worker. gunicorn's gthread worker handles both in its main
+    thread: this hook, then `tpool.shutdown()`, then `sys.exit(0)`. When the signal lands
+    while that thread is inside `tpool.submit()` (a connection just became readable: a new
+    request, or a client closing its keep-alive connection), submit holds the executor's lock,
+    shutdown waits on it in the same thread forever (python/cpython#121649), and the master
+    kills the worker after graceful_timeout: 30 s of waiting, then "was sent SIGKILL! Perhaps
+    out of memory?". Seen on about one Ctrl-C in three right after a request.
+
+    Raising SystemExit here, as handle_quit would after shutdown, unwinds submit and releases
+    its lock; the work already queued is still served, since interpreter exit joins the pool's
+    threads as shutdown would have. The lock is gunicorn 23's ThreadPoolExecutor's
+    (`_shutdown_lock`, Python 3.11); without one, gunicorn's own path runs.
+    """
+    lock = getattr(getattr(worker, "tpool", None), "_shutdown_lock", None)
+    if lock is None:
+        return
+    if not lock.acquire(blocking=False):  # held: the signal interrupted submit (or shutdown)
+        raise SystemExit(0)
+    lock.release()
+
+
 def client_address(environ) -> str | None:
     """The client's address as the load balancer saw it: X-Forwarded-For's second entry from the
     right.

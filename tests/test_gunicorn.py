@@ -397,3 +397,52 @@ def test_master_connection_survives_workers_that_exit(db_env, start_gunicorn, my
     workers = {cid: pid for pid, cid in db_connects(server.output()) if pid != server.process.pid}
     assert workers and master_id not in workers  # every worker opened connections of its own
     assert set(workers.values()) - exited  # the replacements too
+
+
+# A config that loads the project's gunicorn.conf.py, then has the worker's main thread take
+# SIGINT inside ThreadPoolExecutor.submit, with the executor's lock held, where Ctrl-C or the
+# master's SIGQUIT land now and then (gunicorn.conf.py's worker_int). It fires once, for the
+# first connection handed over after the test creates the file INTERRUPT_IN_SUBMIT names.
+INTERRUPTED_IN_SUBMIT = """
+exec(compile(open("gunicorn.conf.py").read(), "gunicorn.conf.py", "exec"))
+import signal as _signal
+_project_post_worker_init = post_worker_init
+
+def post_worker_init(worker):
+    _project_post_worker_init(worker)
+    hand_over = worker.tpool._adjust_thread_count  # submit() calls it with its lock held
+
+    def interrupted():
+        try:
+            os.remove(os.environ["INTERRUPT_IN_SUBMIT"])
+        except FileNotFoundError:
+            pass
+        else:
+            _signal.raise_signal(_signal.SIGINT)  # its handler runs here, inside submit()
+        hand_over()
+
+    worker.tpool._adjust_thread_count = interrupted
+"""
+
+
+def test_a_worker_interrupted_while_handing_over_a_connection_exits_at_once(db_env, start_gunicorn,
+                                                                           tmp_path):
+    """Ctrl-C on scripts/run-local right after a request: about one stop in three waited 30 s for
+    a worker deadlocked on its own thread pool's lock, which the master then killed ("was sent
+    SIGKILL! Perhaps out of memory?"). The request being handed over is still answered."""
+    (tmp_path / "interrupt.py").write_text(INTERRUPTED_IN_SUBMIT)
+    trigger = tmp_path / "interrupt-now"
+    env = {**db_env, "WEB_CONCURRENCY": "1", "INTERRUPT_IN_SUBMIT": str(trigger)}
+    server = start_gunicorn(env, ["--config", str(tmp_path / "interrupt.py")])
+    [worker] = server.worker_pids(expect=1)
+    trigger.touch()
+    assert requests.get(server.url + "/api/users", timeout=30).status_code == 200
+    deadline = time.monotonic() + 20  # gunicorn's timeout (60 s) would end a deadlocked worker
+    while worker in server.worker_pids() or f"Worker exiting (pid: {worker})" not in server.output():
+        assert time.monotonic() < deadline, f"worker {worker} did not exit:\n{server.output()}"
+        time.sleep(0.05)
+    assert not trigger.exists()  # it did take SIGINT inside submit
+    [replacement] = server.worker_pids(expect=1) - {worker}  # the master was not stopping
+    assert requests.get(server.url + "/api/users", timeout=30).status_code == 200
+    output = server.output()
+    assert "WORKER TIMEOUT" not in output and "SIGKILL" not in output and "Traceback" not in output, output
