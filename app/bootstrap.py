@@ -27,7 +27,7 @@ from app.credentials import (CredentialProvider, aws_error, aws_refusal, complet
                              provider_for)
 from app.db.connection import ConnectionOpener
 from app.db.errors import DatabaseUnavailable
-from app.migrate import EXIT_FAILED, exit_status, explain, failure_line, parse_args
+from app.migrate import EXIT_FAILED, cleartext_refusal_hint, exit_status, explain, failure_line, parse_args
 
 # Enough to serve the API and run its migrations, on the app's database only.
 APP_GRANTS = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES"
@@ -89,9 +89,10 @@ def _create_user(settings: Settings, credentials: CredentialProvider) -> None:
     try:
         conn = ConnectionOpener(master_settings, master)()
     except mysql.connector.Error as err:
+        hint = cleartext_refusal_hint(settings) if err.errno == errorcode.ER_ACCESS_DENIED_ERROR else ""
         raise BootstrapError(f"the master secret {master.secret_id} was refused by the database "
                              f"(MySQL error {err.errno}); check that DB_BOOTSTRAP_DB_ARN names the "
-                             "database RDS_HOSTNAME points at") from None
+                             f"database RDS_HOSTNAME points at{hint}") from None
     try:
         cursor = conn.cursor()
         for statement, params in user_sql(settings.database, settings.user,
@@ -119,11 +120,12 @@ def bootstrap(settings: Settings, credentials: CredentialProvider) -> dict:
                 errorcode.ER_DBACCESS_DENIED_ERROR: f"user {settings.user!r} has no privileges "
                                                     f"on {settings.database!r}",
                 }.get(refused.errno, f"the database refused user {settings.user!r}")
+        hint = cleartext_refusal_hint(settings) if refused.errno == errorcode.ER_ACCESS_DENIED_ERROR else ""
         raise BootstrapError(
             f"{what} (MySQL error {refused.errno}) and "
             "DB_BOOTSTRAP_DB_ARN is not set: run scripts/provision with --bootstrap-user (the "
             "leader then creates the user with the RDS-managed master secret), or create the user "
-            "with the SQL scripts/provision prints")
+            f"with the SQL scripts/provision prints{hint}")
     try:
         _create_user(settings, credentials)
     except Exception as err:  # noqa: BLE001 - AWS's failures become a message, others propagate

@@ -192,14 +192,25 @@ def applied_version(lease) -> int:
     return int(rows[0]["version"])
 
 
+def cleartext_refusal_hint(settings) -> str:
+    """What to add to an access-denied line (1045) when the login went in cleartext: MariaDB
+    refuses it this way under require_secure_transport=ON (MySQL 8 says 3159), and so does
+    a user created REQUIRE SSL; empty when the login used TLS."""
+    from app.config import SslMode
+
+    if settings.ssl_mode is not SslMode.DISABLED:
+        return ""
+    return (", or set DB_SSL_MODE=verify-identity: with DB_SSL_MODE=disabled a server that "
+            "requires TLS (require_secure_transport=ON in its DB parameter group, or a user "
+            "created REQUIRE SSL) refuses the login the same way")
+
+
 def explain(err: Exception, settings, source: str | None = None) -> str:
     """One line for the deployment log: what failed and what to check; never a secret.
 
     The driver's connection messages name the user and host, never the password (1045 says
     only "using password: YES"); statements quoted in errors are the migration files' own.
     """
-    from app.config import SslMode
-
     if isinstance(err, MigrationError) or not isinstance(err, mysql.connector.Error):
         return _flat(err)  # MigrationError, DatabaseUnavailable: already say what to fix
     where = f"{settings.host}:{settings.port}"
@@ -210,13 +221,7 @@ def explain(err: Exception, settings, source: str | None = None) -> str:
     if errno == 1045:  # ER_ACCESS_DENIED_ERROR
         line = (f"the database at {where} refused user {settings.user!r} ({detail}): check "
                 f"RDS_USERNAME and the password source ({source or 'DB_AUTH'})")
-        if settings.ssl_mode is SslMode.DISABLED:
-            # MariaDB refuses a login in cleartext this way under require_secure_transport=ON
-            # (MySQL 8 says 3159, below), and so does a user created REQUIRE SSL.
-            line += (", or set DB_SSL_MODE=verify-identity: with DB_SSL_MODE=disabled a server "
-                     "that requires TLS (require_secure_transport=ON in its DB parameter group, "
-                     "or a user created REQUIRE SSL) refuses the login the same way")
-        return line
+        return line + cleartext_refusal_hint(settings)
     if errno == 3159:  # ER_SECURE_TRANSPORT_REQUIRED (MySQL 8): require_secure_transport=ON
         return (f"the database at {where} requires TLS ({detail}): set DB_SSL_MODE=verify-identity "
                 "(with the RDS CA bundle at DB_SSL_CA), not disabled")

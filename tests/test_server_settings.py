@@ -341,6 +341,12 @@ def test_a_server_that_requires_tls(tmp_path):
         [line] = result.stderr.splitlines()
         assert "set DB_SSL_MODE=verify-identity" in line and "require_secure_transport" in line, line
         assert localdb.APP_PASSWORD not in result.stdout + result.stderr
+        # A deploy's first command, bootstrap, said only that the user was refused, and to run
+        # scripts/provision --bootstrap-user.
+        result = run(["-m", "app.bootstrap"], plain)
+        assert result.returncode == migrate.EXIT_FAILED
+        [line] = result.stderr.splitlines()
+        assert "set DB_SSL_MODE=verify-identity" in line and "require_secure_transport" in line, line
 
         with app_client({**env, "DB_SSL_MODE": "verify-ca"}) as (client, database):
             assert protocol_of(database) == "MySQLConnection"
