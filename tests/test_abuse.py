@@ -18,6 +18,7 @@ import pytest
 import requests
 
 import conftest
+from app import create_app
 from test_hostile import exchange, parse, table
 from test_nginx import nginx_in_front_of
 
@@ -132,3 +133,64 @@ def test_slow_clients_hold_nginx_connections_not_gunicorns_threads(stack):
         assert created.status_code == 201 and changed.json()["name"] == "Faster", created.text
     # The slow clients left without finishing: nothing they sent was applied.
     assert table(env)[:1] == before and len(table(env)) == len(before) + 1
+
+
+INVISIBLE_NAMES = [
+    pytest.param("\u200b", id="zero-width-space"),
+    pytest.param("\ufeff", id="byte-order-mark"),
+    pytest.param("\u200d\u200c", id="zwj-and-zwnj"),
+    pytest.param("\u2060\u2063", id="word-joiner-invisible-separator"),
+    pytest.param(" \u200b \u200b ", id="spaces-around-zero-width-spaces"),
+    pytest.param("\u0301\u0308", id="combining-marks-alone"),
+    pytest.param("\u3164", id="hangul-filler"),
+    pytest.param("\U000e0041\U000e0042", id="tag-characters"),
+]
+
+
+@pytest.fixture(scope="module")
+def app_client(module_env):
+    app = create_app(module_env)
+    app.config["TESTING"] = True
+    yield app.test_client()
+    app.extensions["database"].dispose()
+
+
+@pytest.mark.parametrize("name", INVISIBLE_NAMES)
+def test_a_name_that_shows_nothing_is_refused(app_client, module_env, name):
+    """min_length counts characters, not what shows: a name of zero-width spaces, a BOM or
+    bare combining marks was stored, and listed as a blank."""
+    before = table(module_env)
+    for method, path, body in (("POST", "/api/users", {"email": "blank@example.com", "name": name}),
+                               ("PATCH", "/api/users/1", {"name": name})):
+        response = app_client.open(path, method=method, json=body)
+        assert response.status_code == 422, (method, response.get_json())
+        assert response.get_json()["error"]["details"] == [
+            {"field": "name", "message": "must contain a visible character"}]
+    assert table(module_env) == before
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("Zoe\u200b", id="letter-and-zero-width-space"),
+    pytest.param("\u0915\u094d\u200d\u0937", id="devanagari-with-zwj"),
+    pytest.param("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", id="persian-with-zwnj"),
+    pytest.param("\U0001f469\u200d\U0001f4bb", id="zwj-emoji"),
+    pytest.param("\u2800", id="braille-blank-is-a-symbol"),
+])
+def test_names_with_format_characters_and_something_to_show_are_kept(app_client, name):
+    response = app_client.post("/api/users", json={"email": f"v{len(name)}{ord(name[-1])}@example.com",
+                                                   "name": name})
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["name"] == name
+    assert app_client.delete(response.headers["Location"]).status_code == 204
+
+
+def test_method_override_headers_and_parameters_change_no_method(app_client, module_env):
+    """No middleware turns a POST into a DELETE: a proxy or firewall that allows POST and
+    refuses DELETE means it."""
+    before = table(module_env)
+    overrides = {name: "DELETE" for name in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")}
+    response = app_client.post("/api/users/1?_method=DELETE", headers=overrides, json={"name": "x"})
+    assert response.status_code == 405 and response.get_json()["error"]["code"] == "method_not_allowed"
+    response = app_client.get("/api/users/1?_method=DELETE", headers=overrides)
+    assert response.status_code == 200 and response.get_json()["email"] == SEED["email"]
+    assert table(module_env) == before

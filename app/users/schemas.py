@@ -16,12 +16,23 @@ NAME_MAX = 100  # users.name is VARCHAR(100): characters (code points), as len()
 # (NUL, ESC, CR/LF, DEL...), surrogates, line and paragraph separators. Format characters
 # (Cf) stay allowed: ZWJ builds emoji sequences and ZWNJ is needed in Persian and Indic names.
 _FORBIDDEN_IN_NAMES = {"Cc", "Cs", "Zl", "Zp"}
+# What shows nothing on its own: format characters (ZWSP, ZWJ, BOM, word joiner), spaces
+# stripping leaves inside, combining marks with no letter to sit on, and the Hangul fillers
+# (letters by category, blank by design). A name needs one character besides these.
+_INVISIBLE_CATEGORIES = {"Cf", "Zs", "Mn", "Me"}
+_BLANK_LETTERS = {"\u115f", "\u1160", "\u3164", "\uffa0"}
+
+
+def _visible(c: str) -> bool:
+    return c not in _BLANK_LETTERS and unicodedata.category(c) not in _INVISIBLE_CATEGORIES
 
 
 def _clean_name(value: str) -> str:
     """NFC, so that one name has one spelling; then the checks NFC could change."""
     if any(unicodedata.category(c) in _FORBIDDEN_IN_NAMES for c in value):
         raise ValueError("must not contain control characters or line breaks")
+    if not any(_visible(c) for c in value):  # "\u200b" passed min_length: blank, yet stored
+        raise ValueError("must contain a visible character")
     value = unicodedata.normalize("NFC", value)
     if len(value) > NAME_MAX:  # NFC may lengthen a few scripts' letters (U+0958 -> 2)
         raise ValueError(f"must be at most {NAME_MAX} characters")
