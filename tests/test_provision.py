@@ -134,6 +134,14 @@ def aws(monkeypatch):
                "host": db["host"]}
 
 
+def ec2_role(aws, name):
+    """A role made for EC2 outside provision, in an instance profile of its name (as the IAM
+    console makes it; eb create --instance_profile names the profile)."""
+    aws["iam"].create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(provision.EC2_TRUST))
+    aws["iam"].create_instance_profile(InstanceProfileName=name)
+    aws["iam"].add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+
+
 def run(capsys, *args, target=("--db-instance", "appdb")):
     code = provision.main([*target, "--region", REGION, *args])
     out = capsys.readouterr()
@@ -451,7 +459,7 @@ def test_bootstrap_needs_a_managed_master_secret(aws, capsys):
 
 def test_secretsmanager_mode_creates_the_secret_without_printing_it(aws, capsys):
     key = aws["kms"].create_key(Description="app secrets")["KeyMetadata"]["Arn"]
-    aws["iam"].create_role(RoleName="app-ec2", AssumeRolePolicyDocument=json.dumps(provision.EC2_TRUST))
+    ec2_role(aws, "app-ec2")
     args = ("--auth", "secretsmanager", "--create-secret", "--kms-key-arn", key, "--role-name", "app-ec2")
     code, out, err = run(capsys, *args)
     assert code == 0, out + err
@@ -959,7 +967,7 @@ def test_destroy_lists_then_deletes_only_what_provision_created(aws, capsys):
 
 
 def test_destroy_waits_for_eb_terminate_and_spares_a_role_it_did_not_create(aws, capsys):
-    aws["iam"].create_role(RoleName="app-ec2", AssumeRolePolicyDocument=json.dumps(provision.EC2_TRUST))
+    ec2_role(aws, "app-ec2")
     aws["iam"].put_role_policy(RoleName="app-ec2", PolicyName="their-own", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
                                                  "Resource": "arn:aws:s3:::their-bucket/*"}]}))
