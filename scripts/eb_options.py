@@ -44,6 +44,14 @@ ELB_HEALTH_CHECK = "https://docs.aws.amazon.com/elasticloadbalancing/2012-06-01/
 # The rolling update policy Beanstalk's aws:autoscaling:updatepolicy:rollingupdate options set on
 # the environment's Auto Scaling group: MinInstancesInService "must be less than the MaxSize of
 # the Auto Scaling group".
+# The instances' security groups: DisableDefaultEC2SecurityGroup true and Beanstalk creates no
+# AWSEBSecurityGroup, "Therefore, you must provide other security groups with the SecurityGroups
+# option" (EC2_SECURITY_GROUPS); the option appears in a config file on EC2_NAMESPACE.
+EC2_SECURITY_GROUPS = DG + "using-features.managing.ec2.aws-cli.html"
+EC2_NAMESPACE = DG + "using-features.managing.ec2.namespace.html"
+# The resources of every environment's stack, and those only a load-balanced environment has
+# (AWSEBV2LoadBalancer and its listener, rules and target group).
+STACK_RESOURCES = DG + "customize-containers-format-resources-eb.html"
 UPDATE_POLICY = ("https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-attribute-updatepolicy.html"
                  "#cfn-attributes-updatepolicy-rollingupdate-mininstancesinservice")
 
@@ -171,6 +179,7 @@ NAMESPACES: dict[str, Namespace] = {
         "MaxSize": integer(1, 10000),
     }),
     "aws:autoscaling:launchconfiguration": Namespace(GENERAL + "#command-options-general-autoscalinglaunchconfiguration", {
+        "DisableDefaultEC2SecurityGroup": BOOLEAN,
         "DisableIMDSv1": BOOLEAN,
         "EC2KeyName": TEXT,
         "IamInstanceProfile": TEXT,
@@ -462,6 +471,16 @@ def _related_options(settings: list[Setting], balancer: str) -> list[str]:
                 f"set MinInstancesInService to at most {max_size - 1}, or raise MaxSize "
                 f"({UPDATE_POLICY}; {NAMESPACES[rolling].doc})")
 
+    launch = "aws:autoscaling:launchconfiguration"
+    if (launch, "DisableDefaultEC2SecurityGroup") in final and (launch, "SecurityGroups") not in final:
+        name, disabled = get(launch, "DisableDefaultEC2SecurityGroup")
+        if str(disabled).lower() == "true":
+            problems.append(
+                f"{name}: {launch} DisableDefaultEC2SecurityGroup true leaves the instances without Beanstalk's "
+                f"security group, and no file sets {launch} SecurityGroups: Beanstalk requires other groups "
+                f"then; set SecurityGroups (scripts/provision --write-options writes the group the database "
+                f"admits), or remove DisableDefaultEC2SecurityGroup ({EC2_SECURITY_GROUPS})")
+
     command = "aws:elasticbeanstalk:command"
     if (command, "BatchSize") in final:
         name, size = get(command, "BatchSize")
@@ -475,6 +494,21 @@ def _related_options(settings: list[Setting], balancer: str) -> list[str]:
                 f"valid: it must be from 1 to {limit}; set BatchSize to at most {high} "
                 f"({NAMESPACES[command].doc})")
     return problems
+
+
+def absent_resources(options: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Resources of every environment's stack that these option settings make Beanstalk leave out,
+    each with the reason: a Resource of .ebextensions referring to one fails the stack."""
+    absent = {}
+    launch = options.get("aws:autoscaling:launchconfiguration", {})
+    if str(launch.get("DisableDefaultEC2SecurityGroup", "false")).lower() == "true":
+        absent["AWSEBSecurityGroup"] = (
+            "aws:autoscaling:launchconfiguration DisableDefaultEC2SecurityGroup is true; refer to a group of "
+            f"its SecurityGroups option instead, or keep Beanstalk's group ({EC2_SECURITY_GROUPS})")
+    if options.get("aws:elasticbeanstalk:environment", {}).get("EnvironmentType") == "SingleInstance":
+        absent["AWSEBV2LoadBalancer"] = ("aws:elasticbeanstalk:environment EnvironmentType is SingleInstance, "
+                                         f"which has no load balancer ({STACK_RESOURCES})")
+    return absent
 
 
 def _environment_properties(settings: list[Setting]) -> list[str]:

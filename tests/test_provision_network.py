@@ -163,3 +163,42 @@ def test_an_interface_endpoint_that_turns_the_instances_away_gets_a_rule_from_th
     assert f"ok        the secretsmanager endpoint {endpoint['VpcEndpointId']} admits the instances on tcp/443" in out
     assert "tcp/443 into" not in out
 
+
+def test_instances_without_beanstalks_security_group(tmp_path):
+    """DisableDefaultEC2SecurityGroup (aws:autoscaling:launchconfiguration, a config-file option on
+    https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/using-features.managing.ec2.namespace.html):
+    true and Beanstalk creates no AWSEBSecurityGroup, "Therefore, you must provide other security
+    groups with the SecurityGroups option" (using-features.managing.ec2.aws-cli.html). The
+    rehearsal refused the documented option as unknown; and 03's ingress rule, whose source is
+    AWSEBSecurityGroup, would fail the environment's stack. A single-instance environment has no
+    AWSEBV2LoadBalancer for the HTTPS listener file to attach to
+    (customize-containers-format-resources-eb.html)."""
+    import yaml
+
+    import eb_options
+    from test_provision import ROOT, rehearsal
+
+    launch = "aws:autoscaling:launchconfiguration"
+    disabled = ("09", launch, "DisableDefaultEC2SecurityGroup", "true")
+    [problem] = eb_options.check([disabled], ROOT, None)
+    assert problem.startswith(f"09: {launch} DisableDefaultEC2SecurityGroup true leaves the instances without "
+                              "Beanstalk's security group, and no file sets"), problem
+    assert eb_options.check([disabled, ("02", launch, "SecurityGroups", "sg-0123456789abcdef0")], ROOT, None) == []
+
+    options, resources, _ = rehearsal.load_ebextensions(ROOT)
+    options[launch] = {**options.get(launch, {}), "DisableDefaultEC2SecurityGroup": "true",
+                       "SecurityGroups": "sg-0123456789abcdef0"}
+    with pytest.raises(rehearsal.RehearsalError) as refused:  # before any linter runs
+        rehearsal.lint_resources(options, resources, tmp_path, tmp_path / "no-linters")
+    message = str(refused.value)
+    assert message.startswith(".ebextensions/03-database-ingress.config: DatabaseIngressFromInstances refers to "
+                              "AWSEBSecurityGroup, which Beanstalk does not create when"), message
+
+    https = yaml.safe_load(provision.https_file("arn:aws:acm:eu-west-1:210987654321:certificate/x"))
+    single = {"aws:elasticbeanstalk:environment": {"EnvironmentType": "SingleInstance"}}
+    with pytest.raises(rehearsal.RehearsalError) as refused:
+        rehearsal.lint_resources(single, {k: ("06", v) for k, v in https["Resources"].items()},
+                                 tmp_path, tmp_path / "no-linters")
+    message = str(refused.value)
+    assert message.startswith("06: AWSEBV2LoadBalancerListener refers to AWSEBV2LoadBalancer"), message
+    assert "EnvironmentType is SingleInstance" in message
