@@ -13,7 +13,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from app.db.errors import (DatabaseBusy, DatabaseMisconfigured, DatabaseUnavailable, PoolTimeout,
-                           StatementTimeout)
+                           StatementTimeout, WriteOutcomeUnknown)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ def log_database_failure(err: DatabaseUnavailable) -> None:
         log.error("the database refused this configuration (%s): %s", err.reason, err,
                   extra={"event": "db_misconfigured", "reason": err.reason, "errno": err.errno})
         return
+    if isinstance(err, WriteOutcomeUnknown):  # the client was told it may have been applied
+        log.warning("no answer to a write that commits: it may have been applied", extra={
+            "event": "db_write_unconfirmed", "errno": getattr(cause, "errno", None),
+            "timed_out": err.timed_out})
+        return
     if isinstance(err, StatementTimeout):  # not an outage: a statement ran past the limit
         log.warning("the database did not answer within DB_READ_TIMEOUT", extra={
             "event": "db_timeout", "errno": getattr(cause, "errno", None)})
@@ -110,6 +115,14 @@ def init_app(app: Flask) -> None:
         log_database_failure(err)
         return error_response(503, "database_unavailable",
                               "The database is unavailable; retry later.",
+                              headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE)})
+
+    @app.errorhandler(WriteOutcomeUnknown)
+    def _write_outcome_unknown(err: WriteOutcomeUnknown):
+        log_database_failure(err)
+        return error_response(503, "write_outcome_unknown",
+                              "The database did not confirm this write, which may have been "
+                              "applied; read the resource before sending it again.",
                               headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE)})
 
     @app.errorhandler(Exception)

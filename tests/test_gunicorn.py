@@ -340,8 +340,9 @@ def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gu
         assert during and all(o.status == 503 for o in during)
         for o in outcomes:
             if o.status == 503:  # within the connect timeout: no request hangs
-                assert o.code == "database_unavailable" and o.retry_after == "5"
-                assert o.ended - o.started < 2 + 1
+                # write_outcome_unknown: a create whose COMMIT the stop cut off (test_failover)
+                assert o.code in ("database_unavailable", "write_outcome_unknown")
+                assert o.retry_after == "5" and o.ended - o.started < 2 + 1
         assert faults.recovery_time(outcomes, up) <= 1.0, faults.summary(outcomes, up)
         assert all(faults.ok(o) for o in outcomes if o.started >= up + 1)
         assert requests.get(users, timeout=10).json()["data"][0]["email"] == "o@example.com"

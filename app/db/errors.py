@@ -56,6 +56,22 @@ class StatementTimeout(DatabaseUnavailable):
     still be running the statement (a write may yet be applied), so it is never retried."""
 
 
+class WriteOutcomeUnknown(DatabaseUnavailable):
+    """The answer to a statement that commits (a COMMIT, or a write outside a transaction)
+    never came: the connection was lost, or DB_READ_TIMEOUT ran out, after it was sent. The
+    server may have applied it (a failover or a cut network takes the answer, not the commit),
+    so it is never retried, and the client is told its write may have been applied rather
+    than that the database is unavailable, which reads as "nothing happened, send it again"."""
+
+    timed_out = False
+
+
+class WriteTimedOut(WriteOutcomeUnknown, StatementTimeout):
+    """DB_READ_TIMEOUT ran out on a statement that commits: a timeout whose write is unknown."""
+
+    timed_out = True
+
+
 class PoolTimeout(Exception):
     """Every pooled connection stayed busy for the whole borrow timeout."""
 
@@ -149,6 +165,19 @@ def was_not_applied(error: BaseException) -> bool:
 
 
 _READ_ONLY_ERRNOS = {1290, 1836}
+
+
+def is_unreachable_behind_proxy(error: BaseException) -> bool:
+    """True when RDS Proxy answered that it got no database connection in time (9501, "Timed-out
+    waiting to acquire database connection", after its ConnectionBorrowTimeout): a failover in
+    progress, or the database at max_connections. The statement never reached the database and
+    the client's session with the proxy is fine. Documented in
+    https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy.troubleshooting.html
+    """
+    return getattr(error, "errno", None) == _PROXY_BORROW_TIMEOUT
+
+
+_PROXY_BORROW_TIMEOUT = 9501
 
 
 def is_out_of_space(error: BaseException) -> bool:

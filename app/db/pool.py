@@ -33,9 +33,10 @@ try:  # the C extension, when it loaded (mysql.connector.HAVE_CEXT)
 except ImportError:  # pragma: no cover - the pinned driver ships it for this platform
     CMySQLConnection = None
 
-from app.db.errors import (DatabaseUnavailable, PoolTimeout, StatementTimeout, gave_up,
-                           is_connection_error, is_out_of_space, is_read_only, misconfiguration,
-                           timed_out, was_not_applied)
+from app.db.errors import (DatabaseUnavailable, PoolTimeout, StatementTimeout, WriteOutcomeUnknown,
+                           WriteTimedOut, gave_up, is_connection_error, is_out_of_space,
+                           is_read_only, is_unreachable_behind_proxy, misconfiguration, timed_out,
+                           was_not_applied)
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +445,7 @@ class Lease:
             retry = refused or (idempotent and is_connection_error(err)
                                 and not self._timed_out(err, started))
             if not retry or self._in_transaction():
-                self._raise(err, started)
+                self._raise(err, started, commits=self._commits(sql, idempotent))
             if refused:
                 log.warning("the database refused a write without applying it (errno %s); "
                             "retrying once on a fresh connection", err.errno,
@@ -454,7 +455,7 @@ class Lease:
         try:
             return self._execute(sql, params)
         except mysql.connector.Error as err:
-            self._raise(err, started)
+            self._raise(err, started, commits=self._commits(sql, idempotent))
 
     def release(self) -> None:
         """Return the connection clean: a transaction left open is rolled back first.
@@ -503,6 +504,15 @@ class Lease:
         # the names for every row, which cost more than the rest of a request's Python.
         return [dict(zip(names, row)) for row in rows]
 
+    def _commits(self, sql: str, idempotent: bool) -> bool:
+        """Whether the statement that just failed may have committed: a COMMIT, or a write sent
+        outside a transaction (autocommit). One inside a transaction never does: a session
+        lost before its COMMIT is rolled back by the server. Asked after the failure: the
+        transaction flag is the one the last answer the server sent carried."""
+        if idempotent:
+            return False
+        return sql.lstrip()[:6].upper() == "COMMIT" or not self._in_transaction()
+
     def _in_transaction(self) -> bool:
         try:
             return self._fairy.dbapi_connection.in_transaction
@@ -526,18 +536,28 @@ class Lease:
         self._discard()
         self._fairy = self._pool.borrow()._fairy
 
-    def _raise(self, err: mysql.connector.Error, started: float):
+    def _raise(self, err: mysql.connector.Error, started: float, *, commits: bool = False):
+        """`commits`: the statement may have committed on its own (see _commits); a connection
+        lost under it leaves its outcome unknown, unless the server refused it unrun."""
         if is_connection_error(err):
+            unknown = commits and not was_not_applied(err)
             if self._timed_out(err, started):  # the server is slow: only this session is lost
                 self._discard(suspect_others=False)
+                if unknown:
+                    raise WriteTimedOut("no answer to a write within DB_READ_TIMEOUT") from err
                 raise StatementTimeout("no answer within DB_READ_TIMEOUT") from err
             self._discard()
+            if unknown:
+                raise WriteOutcomeUnknown("the database connection failed before the write "
+                                          "was confirmed") from err
             raise DatabaseUnavailable("the database connection failed") from err
         if is_read_only(err):  # connected to a reader, or a writer mid-failover
             self._discard()
             raise DatabaseUnavailable("the database is read-only") from err
         if is_out_of_space(err):  # storage full: the connection is fine, the write is not stored
             raise DatabaseUnavailable("the database is out of space") from err
+        if is_unreachable_behind_proxy(err):  # RDS Proxy mid-failover: the session is fine
+            raise DatabaseUnavailable("RDS Proxy got no database connection in time") from err
         misconfigured = misconfiguration(err)  # a missing grant: the connection itself is fine
         if misconfigured is not None:
             raise misconfigured from err
