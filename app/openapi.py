@@ -34,7 +34,9 @@ def _error(description: str, *, retry: bool = False) -> dict:
 _COMMON = {"401": {**_error("No valid API key (API_AUTH writes or all)."),
                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
                                                     "description": 'Bearer realm="api"'}}},
-           "503": _error("Database busy or unavailable.", retry=True),
+           "503": _error("Database busy or unavailable (database_busy, database_unavailable), or a "
+                         "write it did not confirm, which may have been applied: read the resource "
+                         "before sending it again (write_outcome_unknown).", retry=True),
            "500": _error("Unexpected error.")}
 _BODY = {"400": _error("Body is not valid JSON."), "413": _error("Body too large."),
          "415": _error("Body is not application/json, or has a Content-Encoding."),
