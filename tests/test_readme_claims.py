@@ -1,6 +1,6 @@
-"""What the README says about the repository, checked against it: the diagrams are Mermaid a
-renderer takes, and the AWS CLI lines no test can run (they need an account) name operations
-and options that exist, with the app's own names in them."""
+"""What the README says about the repository, checked against it: the module map names every
+module, the diagrams are Mermaid a renderer takes, and the AWS CLI lines no test can run (they
+need an account) name operations and options that exist, with the app's own names in them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,31 @@ import pytest
 from conftest import ROOT, readme_blocks
 
 README = (ROOT / "README.md").read_text()
+
+
+def module_table() -> list[str]:
+    """The rows of the table under "How a request flows" that maps paths to what they hold."""
+    section = README.split("\n## How a request flows\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert rows and rows[0].startswith("| `application.py` |")
+    return rows
+
+
+def test_the_module_map_names_every_module_of_the_app():
+    """A reader finds each concern from the map: every module under app/ is named in it, by
+    its path or in its folder's row (`app/users/`: `routes.py`, ...)."""
+    rows = module_table()
+    named = {span for row in rows for span in re.findall(r"`([^`]+)`", row)}
+    unnamed = []
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        folder = relative.rsplit("/", 1)[0] + "/"
+        in_folder_row = [row for row in rows if row.startswith(f"| `{folder}` |")]
+        if relative in named or (in_folder_row and (path.name == "__init__.py"
+                                                    or f"`{path.name}`" in in_folder_row[0])):
+            continue
+        unnamed.append(relative)
+    assert unnamed == [], f"modules the README's module map does not name: {unnamed}"
 
 
 # Diagram types Mermaid 11 knows (the first word of a diagram).
