@@ -38,14 +38,25 @@ SHELL_ONLY = {"HOME", "PATH", "PWD", "LANG"}  # the machine's, not the project's
 
 
 def os_environ_reads(tree: ast.AST) -> set[str]:
-    """Names read with os.environ.get/os.environ[...]/os.getenv and gunicorn.conf.py's _int."""
+    """Names read with os.environ.get/os.environ[...]/os.getenv and gunicorn.conf.py's _int,
+    given as a string or as a module-level constant holding one (`_AGAIN = "..."`)."""
+    constants = {target.id: node.value.value for node in getattr(tree, "body", [])
+                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                 and isinstance(node.value.value, str)
+                 for target in node.targets if isinstance(target, ast.Name)}
+
+    def literal(node: ast.AST):
+        if isinstance(node, ast.Constant):
+            return node.value
+        return constants.get(node.id) if isinstance(node, ast.Name) else None
+
     found = set()
     for node in ast.walk(tree):
         target, key = None, None
-        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-            target, key = ast.unparse(node.func), node.args[0].value
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-            target, key = ast.unparse(node.value) + ".__getitem__", node.slice.value
+        if isinstance(node, ast.Call) and node.args and literal(node.args[0]) is not None:
+            target, key = ast.unparse(node.func), literal(node.args[0])
+        elif isinstance(node, ast.Subscript) and literal(node.slice) is not None:
+            target, key = ast.unparse(node.value) + ".__getitem__", literal(node.slice)
         if isinstance(key, str) and target in ("os.environ.get", "os.getenv", "os.environ.__getitem__", "_int"):
             found.add(key)
     return found
@@ -64,9 +75,10 @@ def app_reads() -> set[str]:
 
 
 def script_reads() -> set[str]:
-    """What the scripts, CI and the tests' setup read from the environment."""
+    """What the scripts, CI, the tests' setup and .platform's hooks read from the environment."""
     names = set()
-    for path in [*(ROOT / "scripts").iterdir(), *(ROOT / ".ci").iterdir(), ROOT / "tests" / "conftest.py"]:
+    for path in [*(ROOT / "scripts").iterdir(), *(ROOT / ".ci").iterdir(), ROOT / "tests" / "conftest.py",
+                 *(ROOT / ".platform").rglob("*.sh")]:
         if not path.is_file():
             continue
         text = path.read_text()
@@ -90,6 +102,7 @@ def test_every_setting_the_code_reads_is_documented_and_every_row_is_read():
     assert set(settings) - read_by_app == set(), "in the Configuration table, read by nothing"
     read_by_scripts = script_reads()
     assert {"VENV", "PYTHON", "IAC_VENV", "TEST_DATABASE_URL"} <= read_by_scripts
+    assert {"SMOKE_CHECK_SECONDS", "PROJECT_VENV_REEXEC"} <= read_by_scripts  # hooks; a named constant
     assert read_by_scripts - documented - set(scripts) == set(), "read by a script, documented nowhere"
     assert set(scripts) - read_by_scripts - read_by_app == set(), "in the scripts' table, read by nothing"
 
