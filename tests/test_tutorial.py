@@ -264,6 +264,20 @@ def bash(script: str, clone: Path, env: dict[str, str], timeout: float = 120) ->
                           timeout=timeout)
 
 
+def run_local_db_port(log: Path) -> int:
+    """The port of run-local's throwaway database, read from its output the way the README's
+    Doctor section tells a reader to (its first line)."""
+    section = README.read_text().split("\n## Doctor\n", 1)[1].split("\n## ", 1)[0]
+    quoted = re.findall(r"`(run-local: started a throwaway [^`]*<port>[^`]*)`", " ".join(section.split()))
+    assert len(quoted) == 1, "the Doctor section does not say where run-local's database listens"
+    quoted = quoted[0]
+    pattern = re.escape(quoted).replace("…", r"\S+").replace("<port>", r"(\d+)")
+    first = log.read_text().splitlines()[0]
+    found = re.match(pattern, first)
+    assert found, f"run-local's first line {first!r} is not what the README quotes: {quoted!r}"
+    return int(found[1])
+
+
 def test_fresh_clone_walk(tmp_path, make_database, eb_venv):
     """On a fresh clone, the README's commands in the order shown, as a reader runs them: each
     works or stops with a message that says what to do. The slow ones run shortened, and in full
@@ -301,6 +315,11 @@ def test_fresh_clone_walk(tmp_path, make_database, eb_venv):
             elif is_block(block, '"admin": true'):
                 result = bash(text, clone, env)
                 assert json.loads(result.stdout)["error"]["code"] == "validation_error"
+            elif block.commands()[0].endswith("./scripts/doctor"):  # against run-local's database
+                result = bash(text.replace("RDS_PORT=3306", f"RDS_PORT={run_local_db_port(log)}"), clone, env)
+                sample = re.search(r"```text\n(.*?)```", README.read_text().split("\n## Doctor\n", 1)[1], re.DOTALL)[1]
+                assert result.returncode == 0, result.stdout + result.stderr
+                assert [l.split()[:2] for l in result.stdout.splitlines()] == [l.split()[:2] for l in sample.splitlines()]
             elif opens_with(block, ".venv/bin/python scripts/new-api-key"):
                 result = bash(text, clone, env)
                 assert result.returncode == 0 and "API_KEY_SHA256=" in result.stdout, result.stderr
@@ -321,7 +340,7 @@ def test_fresh_clone_walk(tmp_path, make_database, eb_venv):
                 assert not unclaimed(block), block.text
                 continue
             done.append(block.line)
-        assert run_local is not None and len(done) >= 9, done
+        assert run_local is not None and len(done) >= 10, done
         assert run_local.poll() is None, log.read_text()  # still serving after all of it
     finally:
         if run_local is not None and run_local.poll() is None:
