@@ -129,16 +129,48 @@ def test_executable_scripts_have_a_shebang_and_modules_are_not_executable():
         assert not os.access(path, os.X_OK), f"{path.name} is a module: not executable"
 
 
+# Sections about one script, where a lone `--flag` is that script's.
+SCRIPT_SECTIONS = {"run-local": "## Quick start", "doctor": "## Doctor", "faults": "### Fault report",
+                   "bench": "## Benchmark", "provision": "### 3. Let the environment reach the database"}
+FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*(?![\w.-])")  # not eb's --vpc.id
+
+
+def readme_flags(name: str) -> set[str]:
+    """The options the README gives scripts/<name>: after an invocation of it (in a code span or
+    an sh line), or alone in a code span of its own section."""
+    text = README.read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    invocation = re.compile(rf"(?<![\w/.-])(?:\./|\.venv/bin/python )?scripts/{re.escape(name)}(?![\w.-])(.*)")
+    spans = re.findall(r"`([^`]+)`", prose) + [line for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+                                               for line in block.splitlines()]
+    flags = {f for span in spans for args in invocation.findall(span) for f in FLAG.findall(args)}
+    if name in SCRIPT_SECTIONS:
+        section = prose.split(f"\n{SCRIPT_SECTIONS[name]}\n", 1)[1].split("\n#", 1)[0]
+        flags |= {f for span in re.findall(r"`(--[^`]+)`", section) for f in FLAG.findall(span)}
+    return flags
+
+
 @pytest.mark.parametrize("name", EXECUTABLES)
 def test_each_executable_script_runs_from_a_shell_without_the_virtualenv(name):
     """`./scripts/<name> --help` with only the system's python3 on PATH (a new terminal, nothing
-    activated): each script finds or makes .venv itself and answers with its usage."""
+    activated): each script finds or makes .venv itself and answers with its usage, which has
+    every option the README gives it."""
     env = {"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     result = subprocess.run([f"./scripts/{name}", "--help"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.lower().startswith("usage:"), result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+    unknown = sorted(f for f in readme_flags(name) if not re.search(rf"(?<![\w-]){f}(?![\w-])", result.stdout))
+    assert unknown == [], f"the README gives scripts/{name} options its --help does not have: {unknown}"
+
+
+def test_readme_flags_finds_each_scripts_options():
+    assert {"--db-instance", "--create-role", "--certificate-arn", "--destroy", "--yes"} <= readme_flags("provision")
+    assert {"--quick", "--json"} <= readme_flags("faults") and {"--svg", "--rounds", "--apps"} <= readme_flags("bench")
+    assert readme_flags("run-local") == {"--yes"} and readme_flags("bundle") == {"--use-with-eb"}
+    assert {"--json", "--from-beanstalk"} <= readme_flags("doctor")
+    assert not [f for f in readme_flags("provision") if f.startswith("--vpc")]  # eb create's
 
 
 # -- the README's shell blocks: each is run by a test or marked ---------------------------------
