@@ -108,7 +108,7 @@ def aws_commands() -> list[list[str]]:
     (placeholders such as <environment> kept as words)."""
     lines = [line.strip() for block in readme_blocks("sh") for line in block.replace("\\\n", " ").splitlines()
              if line.strip().startswith("aws ")]
-    lines += [" ".join(span.split()) for span in re.findall(r"`(aws [a-z0-9-]+\s+[a-z0-9-]+[^`]*)`", README)]
+    lines += [" ".join(span.split()) for span in re.findall(r"`(aws [a-z0-9-]+[^`]*)`", README)]
     return [shlex.split(line.replace("…", "X")) for line in lines]
 
 
@@ -123,6 +123,8 @@ def test_aws_cli_lines_name_operations_and_options_that_exist():
     assert len(commands) >= 8
     problems = []
     for words in commands:
+        if words[1] == "configure" or words[1:3] == ["sso", "login"]:  # the CLI's own setup
+            continue
         service, operation = words[1], words[2]
         if service == "s3":  # the high-level commands (s3 rm) are the CLI's own, not the API's
             assert operation in {"rm", "cp", "ls", "mb", "rb", "sync", "mv"}, words
@@ -164,3 +166,66 @@ def test_the_update_environment_line_sets_what_01_sets():
         assert re.search(rf"^  {re.escape(s['Namespace'])}:\n(?:    .*\n|\s*#.*\n)*?    {s['OptionName']}:",
                          config, re.MULTILINE), s
     assert len({s["Value"] for s in settings}) == 1  # changed together
+
+
+def command_lines() -> list[tuple[int, list[str]]]:
+    """(offset in the README, words) of every command line of its sh blocks."""
+    found = []
+    for block in re.finditer(r"```sh\n(.*?)```", README, re.DOTALL):
+        for line in block[1].replace("\\\n", " ").splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                found.append((block.start(), shlex.split(line, comments=True)))
+    return found
+
+
+def program(words: list[str]) -> str | None:
+    """The program a command line starts: its first word after NAME=value assignments, or the
+    one a NAME=$(...) assignment runs."""
+    for word in words:
+        assignment = re.match(r"^[A-Za-z_][A-Za-z0-9_]*=(.*)$", word)
+        if not assignment:
+            return word
+        if assignment[1].startswith("$("):
+            return assignment[1][2:] or None
+    return None
+
+
+AWS_CLI_INSTALL = "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
+
+
+def section_slug(text: str) -> str:
+    """GitHub's anchor of the (sub)section whose text holds `text`."""
+    heading = re.findall(r"^#{2,6} (.+)$", README[:README.index(text)], re.MULTILINE)[-1]
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_program_the_commands_start_is_one_the_readme_says_how_to_get():
+    """A newcomer runs the README's lines on a machine set up as the README says: each program
+    they start is the project's, the shell's, in the Quick start's install list, or one the
+    README installs or points to before its first use (the AWS CLI is not the EB CLI's)."""
+    quick_start = README.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    first_use: dict[str, int] = {}
+    for offset, words in command_lines():
+        name = program(words)
+        if name:
+            first_use.setdefault(name, offset)
+    where = {}
+    for name, offset in first_use.items():
+        before = README[:offset]
+        if name.startswith("./scripts/") or name.startswith(".venv/bin/"):
+            assert name.startswith(".venv/") or (ROOT / name).exists(), name
+            where[name] = "the project's"
+        elif name in ("export", "cd", "echo"):
+            where[name] = "the shell's"
+        elif f"`{name}`" in quick_start:
+            where[name] = "the Quick start's list"
+        elif name == "eb" and "./scripts/install-eb-cli" in before:
+            where[name] = "scripts/install-eb-cli"
+        elif name == "aws" and AWS_CLI_INSTALL in README and (
+                AWS_CLI_INSTALL in before or f"](#{section_slug(AWS_CLI_INSTALL)})" in before):
+            where[name] = "AWS's installer, linked (or its section) before"
+        else:
+            where[name] = None
+    assert {"./scripts/run-local", "curl", "eb", "aws"} <= set(where)
+    assert [name for name, source in where.items() if source is None] == [], \
+        "programs the README runs without saying where they come from"
