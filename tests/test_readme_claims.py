@@ -196,7 +196,7 @@ AWS_CLI_INSTALL = "https://docs.aws.amazon.com/cli/latest/userguide/getting-star
 def section_slug(text: str) -> str:
     """GitHub's anchor of the (sub)section whose text holds `text`."""
     heading = re.findall(r"^#{2,6} (.+)$", README[:README.index(text)], re.MULTILINE)[-1]
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+    return github_anchor(heading)
 
 
 def test_every_program_the_commands_start_is_one_the_readme_says_how_to_get():
@@ -229,3 +229,20 @@ def test_every_program_the_commands_start_is_one_the_readme_says_how_to_get():
     assert {"./scripts/run-local", "curl", "eb", "aws"} <= set(where)
     assert [name for name, source in where.items() if source is None] == [], \
         "programs the README runs without saying where they come from"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_section_link_resolves_to_a_heading():
+    prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)  # a "# comment" is no heading
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.MULTILINE)}
+    links = re.findall(r"\]\(#([^)]+)\)", prose)
+    assert len(links) >= 5 and "api-keys-what-is-protected" in anchors
+    assert [link for link in links if link not in anchors] == []
+    # Sections named in the text ("section "Doctor"") exist too.
+    named = re.findall(r'section "([^"]+)"|\(section ([^)"]+)\)', prose)
+    headings = set(re.findall(r"^#{1,6} (.+)$", prose, re.MULTILINE))
+    assert [n for pair in named for n in pair if n and n.strip('"') not in headings] == []
