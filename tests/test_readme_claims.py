@@ -246,3 +246,18 @@ def test_every_section_link_resolves_to_a_heading():
     named = re.findall(r'section "([^"]+)"|\(section ([^)"]+)\)', prose)
     headings = set(re.findall(r"^#{1,6} (.+)$", prose, re.MULTILINE))
     assert [n for pair in named for n in pair if n and n.strip('"') not in headings] == []
+
+
+def test_the_scripts_that_start_a_throwaway_database_are_the_ones_named():
+    """The module map says whose throwaway server scripts/localdb.py is: every executable
+    script that starts one through it (run-local by way of run_local.py)."""
+    [row] = [row for row in module_table() if row.startswith("| `scripts/` |")]
+    sentence = row.split("`localdb.py` is a module:", 1)[1].split(";", 1)[0]
+    named = set(re.findall(r"`([\w-]+)`", sentence))
+    scripts = ROOT / "scripts"
+    users = set()
+    for path in scripts.iterdir():
+        if path.is_file() and path.name != "localdb.py" and re.search(r"\blocaldb\.\w+\(", path.read_text()):
+            users.add("run-local" if path.name == "run_local.py" else path.name)
+    assert {"run-local", "faults"} <= users
+    assert named == users
