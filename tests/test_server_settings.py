@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -424,3 +425,25 @@ def test_mysql_8s_refusal_of_cleartext_names_db_ssl_mode():
         "HY000")
     line = migrate.explain(err, settings)
     assert "requires TLS" in line and "set DB_SSL_MODE=verify-identity" in line, line
+
+
+def test_a_max_join_size_below_the_lists_page_is_named_not_a_500(tmp_path, caplog):
+    """max_join_size, which a DB parameter group may set, below the rows the optimizer expects
+    the list's keyset page to examine: MySQL error 1104 was unclassified, a 500 with a
+    traceback in the log. It is the operator's to raise: a 503 for the client, db_misconfigured
+    naming the variable in the log, and the connection kept."""
+    with server_with(tmp_path) as server:
+        env = new_database(server)
+        migrate_as_the_app(env)
+        set_global(server, "max_join_size = 2")
+        with app_client(env) as (client, database):
+            for n in range(3):
+                assert client.post("/api/users", json={"email": f"m{n}@example.com", "name": "m"}).status_code == 201
+            with caplog.at_level(logging.ERROR, logger="app"):
+                response = client.get("/api/users")
+            assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+            assert response.get_json()["error"]["code"] == "database_unavailable"
+            [logged] = [r for r in caplog.records if getattr(r, "event", None) == "db_misconfigured"]
+            assert (logged.reason, logged.errno) == ("max_join_size", 1104)
+            assert not [r for r in caplog.records if getattr(r, "event", None) == "unhandled_error"]
+            assert database.pool.stats()["closed"] == 0  # the session was fine: kept

@@ -48,6 +48,10 @@ _MISCONFIGURED = {
     1227: "missing_privilege",  # ER_SPECIFIC_ACCESS_DENIED_ERROR
     1370: "missing_privilege",  # ER_PROCACCESS_DENIED_ERROR
     1698: "access_denied",  # ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+    # ER_TOO_BIG_SELECT: a max_join_size (a DB parameter group's) below the rows the optimizer
+    # estimates a read examines: the list's keyset page on a table larger than it. Raise it
+    # there; SET SQL_BIG_SELECTS in each session would pin it behind RDS Proxy.
+    1104: "max_join_size",
 }
 
 
