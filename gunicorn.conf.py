@@ -241,6 +241,23 @@ def _env_names(match: re.Match) -> str:
     return f"{match[1]}{[name + '=<not shown>' for name in names]}"
 
 
+# rsyslog, which writes web.stdout.log on Beanstalk's platforms, cuts a message at 8 KB by
+# default ($MaxMessageSize, https://www.rsyslog.com/doc/global.html): the end of a longer access
+# line would be lost and what is left no longer JSON. The fields the client chooses (a path up
+# to nginx's 8,000-byte request line, an X-Forwarded-For of as much) are cut well before: 512
+# characters each, at most 3 KB once JSON escapes them (\u00ff for a %FF in the path).
+CLIENT_TEXT_LIMIT = 512
+
+
+def clipped(text: str | None, *, keep_end: bool = False) -> str | None:
+    """`text`, or CLIENT_TEXT_LIMIT characters of it, its start (or its end) and an ellipsis."""
+    if text is None or len(text) <= CLIENT_TEXT_LIMIT:
+        return text
+    if keep_end:
+        return "\u2026" + text[-CLIENT_TEXT_LIMIT:]
+    return text[:CLIENT_TEXT_LIMIT] + "\u2026"
+
+
 class JsonAccessLogger(Logger):
     """Access log lines as JSON, with the request id the app assigned; gunicorn's own lines
     (starting, booting a worker, a worker timeout or crash) as JSON too, so that every line
@@ -272,14 +289,15 @@ class JsonAccessLogger(Logger):
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "event": "access",
                 "method": environ.get("REQUEST_METHOD"),
-                "path": environ.get("PATH_INFO"),
+                "path": clipped(environ.get("PATH_INFO")),
                 "status": status,
                 "bytes": getattr(resp, "sent", None),
                 "duration_ms": round(request_time.total_seconds() * 1000, 2),
                 "request_id": headers.get("X-Request-Id"),
                 "remote": client_address(environ),
-                # The whole chain, for a look at what the client claimed: only `remote` is trusted.
-                "forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"),
+                # The chain, for a look at what the client claimed: only `remote` is trusted. Its
+                # end when cut: the entries the load balancer and nginx appended are the last.
+                "forwarded_for": clipped(environ.get("HTTP_X_FORWARDED_FOR"), keep_end=True),
                 "pid": os.getpid(),
             }
             self.access_log.info(json.dumps(record))

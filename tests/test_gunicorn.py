@@ -101,6 +101,26 @@ def test_access_log_is_json_with_request_id(db_env, start_gunicorn):
     assert entry["duration_ms"] >= 0
 
 
+def test_an_access_line_stays_within_what_rsyslog_keeps_whatever_the_client_sends(db_env, start_gunicorn):
+    """A path and an X-Forwarded-For as long as gunicorn takes them (and nginx, 8,000 bytes):
+    the access line was 22 KB once JSON escaped the path's bytes (%FF: \\u00ff), past the
+    8 KB at which rsyslog, which writes web.stdout.log on Beanstalk, cuts a line, leaving no
+    JSON. Each of the two is cut to 512 characters and marked: the path's start, the chain's
+    end (where the load balancer and nginx append)."""
+    server = start_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
+    path = "/api/users/" + "%FF" * 2_600
+    forwarded = ", ".join(["203.0.113.66"] * 500)
+    response = requests.get(server.url + path, headers={"X-Request-Id": "long-line", "X-Forwarded-For": forwarded},
+                            timeout=10)
+    assert response.status_code == 404
+    entry = access_entry(server, "long-line")
+    [line] = [line for line in server.output().splitlines() if '"long-line"' in line and '"access"' in line]
+    assert len(line.encode()) < 8_192, len(line.encode())
+    assert entry["path"] == "/api/users/" + "\u00ff" * (512 - len("/api/users/")) + "\u2026"
+    assert entry["forwarded_for"] == "\u2026" + forwarded[-512:]  # the appended entries are last
+    assert entry["status"] == 404 and entry["remote"] == "203.0.113.66"  # read from the whole header
+
+
 def access_entry(server, request_id):
     """The access line of `request_id` (the worker writes it after the response)."""
     deadline = time.monotonic() + 10
