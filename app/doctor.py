@@ -4,7 +4,11 @@ It walks the path a connection takes, in order, and stops at the first broken st
 settings, DNS of the database host, TCP reach, the TLS handshake and CA verification, the
 login in the configured DB_AUTH mode, the privileges on the database, the schema version,
 and the fleet's connection budget. One line per check: PASS, WARN, FAIL (with the likely
-cause and the fix) or SKIP (could not run after a failure); exit status 1 on any FAIL.
+cause and the fix) or SKIP (could not run after a failure). A check that stops on an error of
+its own, or Ctrl-C, is a FAIL line too, so --json always prints one JSON document.
+
+Exit status: 0 no FAIL; 1 a FAIL; 2 bad arguments; 130 interrupted (Ctrl-C; the checks not
+run are SKIP); 141 stdout closed before the report was written (`| head -1`).
 
 The checks use the app's own code (load_settings, the credential provider, ConnectionOpener,
 the migrations' versions), so what passes here is what the app does. It lives in the app
@@ -109,6 +113,20 @@ class Doctor:
         self.conn = None
         self.refused: BaseException | None = None  # why the login failed
         self.logged_in_tried = False
+        self.interrupted = False
+
+    def _crashed(self, name: str, err: Exception) -> Check:
+        """A check that raised: a FAIL naming the error, never a traceback in place of the report."""
+        errno = getattr(err, "errno", None)
+        if isinstance(err, _mysql_error()) and errno:
+            text, fix = f"MySQL error {errno}: {_flat(err.msg)}", _refusal_fix(errno)
+        else:
+            text, fix = f"{type(err).__name__}: {_flat(err) or 'no message'}", (
+                "a bug of the doctor's: report this line with the checks above it")
+        password = self.environ.get("RDS_PASSWORD") if self.environ else None
+        if password:
+            text = text.replace(password, "<RDS_PASSWORD>")
+        return Check(name, FAIL, f"the check stopped on an error: {text}", fix=fix)
 
     def run(self) -> list[Check]:
         steps = [("settings", self.check_settings), ("dns", self.check_dns), ("tcp", self.check_tcp),
@@ -119,10 +137,19 @@ class Doctor:
         failed: str | None = None
         try:
             for name, step in steps:
+                if self.interrupted:
+                    checks.append(Check(name, SKIP, "not run: interrupted"))
+                    continue
                 if failed and (name in ("dns", "tcp", "tls", "auth") or self.settings is None):
                     checks.append(Check(name, SKIP, f"not run: {failed} failed"))
                     continue
-                check = step(failed)
+                try:
+                    check = step(failed)
+                except KeyboardInterrupt:
+                    self.interrupted = True
+                    check = Check(name, FAIL, "interrupted (Ctrl-C) while it ran")
+                except Exception as err:  # noqa: BLE001 - one check's bug must not cost the report
+                    check = self._crashed(name, err)
                 checks.append(check)
                 if check.status == FAIL and failed is None:
                     failed = name
@@ -512,14 +539,30 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                         help="read the environment properties with /opt/elasticbeanstalk/bin/"
                              "get-config environment (on an instance, with sudo)")
     args = parser.parse_args(argv)
+    try:
+        return _report(args, environ)
+    except KeyboardInterrupt:  # between the checks (each one turns Ctrl-C into its FAIL line)
+        print("doctor: interrupted", file=sys.stderr)
+        return 130
+
+
+def _report(args, environ: Mapping[str, str] | None) -> int:
     source = beanstalk_environment if args.from_beanstalk else (os.environ if environ is None else environ)
-    checks = Doctor(source).run()
+    doctor = Doctor(source)
+    checks = doctor.run()
     ok = not any(c.status == FAIL for c in checks)
-    if args.json:
-        print(json.dumps({"ok": ok, "checks": [c.as_dict() for c in checks]}, default=str))
-    else:
-        for check in checks:
-            print(check.line())
+    try:
+        if args.json:
+            print(json.dumps({"ok": ok, "checks": [c.as_dict() for c in checks]}, default=str))
+        else:
+            for check in checks:
+                print(check.line())
+        sys.stdout.flush()
+    except BrokenPipeError:  # stdout closed (`| head -1`): the rest of the report has nowhere to go
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    if doctor.interrupted:
+        return 130
     return 0 if ok else 1
 
 
