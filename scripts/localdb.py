@@ -6,6 +6,10 @@ server or its data. The datadir is removed on stop unless it was given by the ca
 
     .venv/bin/python scripts/localdb.py   # start one, print its RDS_* variables, stop on Ctrl-C
 
+As a program it exits 0 once stopped (Ctrl-C or SIGTERM, the server and its directory
+removed), 1 when the server does not start (a message saying why), 2 on bad arguments, and 141
+when stdout is closed before the variables are written (the server is stopped then too).
+
 A module, not a script of its own (no executable bit, no re-run with .venv): run it with the
 project's virtualenv, which has mysql-connector for creating the database.
 """
@@ -385,14 +389,19 @@ def main() -> int:
         server = LocalServer().start()
     except RuntimeError as err:  # start() has stopped and removed what it made; the message says why
         sys.exit(f"localdb.py: {err}")
-    server.create_database("ebdb")
-    for name, value in server.environ("ebdb").items():
-        print(f"export {name}={value}")
-    sys.stdout.flush()
-    try:
+    try:  # from here on the server is ours to stop, whatever happens (a closed stdout included)
+        server.create_database("ebdb")
+        for name, value in server.environ("ebdb").items():
+            print(f"export {name}={value}")
+        sys.stdout.flush()
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # only when main() runs with the signals not blocked
         pass
+    except BrokenPipeError:  # `| head -1`: nobody reads the variables, so nobody uses the server
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("localdb.py: stdout was closed before the RDS_* variables were written; stopped the "
+              "server", file=sys.stderr)
+        return 141
     finally:
         server.remove()
     return 0
