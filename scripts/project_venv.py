@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,9 @@ def ensure(*modules: str) -> None:
     python = venv / "bin" / "python"
     if os.environ.get(_AGAIN):
         sys.exit(f"{script}: {', '.join(missing)} still missing in {venv}; run "
-                 f"{python} -m pip install -r requirements-dev.txt")
-    again = f"remove it (rm -rf {venv}) and run ./scripts/{script} again"
+                 f"{shlex.quote(str(python))} -m pip install -r requirements-dev.txt")
+    # Quoted: pasted as it is, `rm -rf` of a path with a space would remove two other paths.
+    again = f"remove it (rm -rf {shlex.quote(str(venv))}) and run ./scripts/{script} again"
     if python.exists():
         version, said = _python_version(str(python))
         if version is None or version < (3, 11):

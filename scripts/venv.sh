@@ -12,7 +12,7 @@ need_python_311() {
 # A virtualenv made earlier (maybe by hand, or by a failed python3 -m venv) must be 3.11 or newer.
 need_venv_311() {
   if ! "$1/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    echo "$SCRIPT: $1 is $("$1/bin/python" --version 2>&1 | head -n 1), not 3.11 or newer: remove it (rm -rf $1) and run ./scripts/$SCRIPT again (with PYTHON=python3.11 if python3 is older)" >&2
+    echo "$SCRIPT: $1 is $("$1/bin/python" --version 2>&1 | head -n 1), not 3.11 or newer: remove it (rm -rf $(printf %q "$1")) and run ./scripts/$SCRIPT again (with PYTHON=python3.11 if python3 is older)" >&2
     exit 1
   fi
 }
@@ -20,7 +20,7 @@ need_venv_311() {
 # ... and have pip, to install into it.
 need_venv_pip() {
   if ! "$1/bin/python" -c 'import pip' 2>/dev/null; then
-    echo "$SCRIPT: $1 has no pip (python3 -m venv leaves it so when python3-venv is missing): remove it (rm -rf $1) and run ./scripts/$SCRIPT again" >&2
+    echo "$SCRIPT: $1 has no pip (python3 -m venv leaves it so when python3-venv is missing): remove it (rm -rf $(printf %q "$1")) and run ./scripts/$SCRIPT again" >&2
     exit 1
   fi
 }
