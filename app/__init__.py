@@ -24,7 +24,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     configuration raises ConfigError now, before any request is served.
     """
     from app import auth, cli, db, errors, health, logs, migrate, openapi, users, web
-    from app.config import describe, load_settings
+    from app.config import ConfigError, describe, load_settings
     from app.credentials import complete_settings, provider_for
     from app.db.budget import budget_for
 
@@ -42,7 +42,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     # ones too (the middleware: the router would strip them).
     app.url_map.merge_slashes = False
     web.init_app(app)  # before logs: its middleware wraps these
-    logs.init_app(app)  # first, so that what reading the settings logs is JSON too
+    try:
+        logs.init_app(app)  # first, so that what reading the settings logs is JSON too
+    except ConfigError:  # LOG_LEVEL: the one message names it and every other bad variable
+        load_settings(environ)
+        raise
 
     settings = load_settings(environ)
     credentials = provider_for(settings)
