@@ -7,11 +7,13 @@ names every offending variable and what it expects, instead of surfacing as a 50
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import re
 import ssl
 from collections.abc import Mapping
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -185,10 +187,11 @@ class Settings(BaseModel):
         if data.get("DB_AUTH") == AuthMode.IAM.value and "DB_SSL_MODE" not in data:
             data = {**data, "DB_SSL_MODE": SslMode.VERIFY_IDENTITY.value}
         endpoint = data.get("RDS_ENDPOINT")
-        if endpoint and not data.get("RDS_HOSTNAME") and ":" in endpoint:
-            host, _, port = endpoint.rpartition(":")
+        if endpoint and not data.get("RDS_HOSTNAME"):
+            host, port = _host_and_port(endpoint)
             data = {**data, "RDS_ENDPOINT": host}
-            data.setdefault("RDS_PORT", port)
+            if port is not None:
+                data.setdefault("RDS_PORT", port)
         return data
 
     @field_validator("metrics_namespace")
@@ -205,15 +208,38 @@ class Settings(BaseModel):
         set for other tools must not stop an app that makes no AWS call."""
         used = (info.data.get("auth") in (AuthMode.IAM, AuthMode.SECRETS_MANAGER)
                 or info.data.get("api_keys_secret_id"))
-        if value is not None and used and not _REGION.match(value):
+        if value is not None and used and not _REGION.fullmatch(value):
             raise ValueError("is not an AWS region name")
         return value
 
     @field_validator("host")
     @classmethod
     def _plain_host(cls, value: str | None) -> str | None:
-        if value is not None and ("/" in value or " " in value or ":" in value):
-            raise ValueError("must be a bare host name, without scheme, path or port")
+        if value is None:
+            return None
+        host, problem = _checked_host(value)
+        if problem:
+            raise ValueError(problem)
+        return host
+
+    @field_validator("secret_id", "api_keys_secret_id")
+    @classmethod
+    def _secret_arn_alone(cls, value: str | None) -> str | None:
+        """GetSecretValue takes a secret's name or ARN; ECS's `ARN:json-key:stage:version`
+        form, or another service's ARN, answers ResourceNotFoundException, which says to
+        look for a secret that exists."""
+        if value is None or not value.startswith("arn:"):
+            return value
+        parts = value.split(":")
+        if len(parts) < 7 or parts[2] != "secretsmanager":
+            raise ValueError("is not the ARN of a Secrets Manager secret (arn:<partition>:"
+                             "secretsmanager:<region>:<account>:secret:<name>): give the secret's "
+                             "ARN or name")
+        if len(parts) > 7:
+            raise ValueError(f"has {':'.join(parts[7:])!r} after the secret's ARN (a JSON key, "
+                             "version stage or version id, as ECS task definitions take them): "
+                             f"give the ARN alone, {':'.join(parts[:7])}; the app reads the "
+                             "secret's fields and its current version itself")
         return value
 
     @model_validator(mode="after")
@@ -225,7 +251,7 @@ class Settings(BaseModel):
         left out, which are not to be reported as unset.
         """
         malformed = (info.context or {}).get("malformed", set())
-        problems = [*self._auth_problems(malformed), *self._api_key_problems()]
+        problems = [*self._auth_problems(malformed), *self._api_key_problems(malformed)]
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -241,7 +267,8 @@ class Settings(BaseModel):
                         problems.append(f"{var}: is required (got not set); expected {EXPECTED[var]}")
             if self.auth is AuthMode.PASSWORD and not self.password:
                 problems.append("RDS_PASSWORD is required when DB_AUTH=password")
-            if self.auth is AuthMode.SECRETS_MANAGER and not self.secret_id:
+            if (self.auth is AuthMode.SECRETS_MANAGER and not self.secret_id
+                    and "secret_id" not in malformed):
                 problems.append("DB_SECRET_ID is required when DB_AUTH=secretsmanager: "
                                 "set it to the secret's name or ARN")
         if self.auth is AuthMode.IAM and self.ssl_mode.value not in _VERIFYING:
@@ -259,7 +286,7 @@ class Settings(BaseModel):
                                 "which .platform's prebuild hook installs) or point DB_SSL_CA at it")
         return problems
 
-    def _api_key_problems(self) -> list[str]:
+    def _api_key_problems(self, malformed: set[str]) -> list[str]:
         """Digests only, never a key (nor anything that may be one) in the message."""
         problems = []
         items = [i.strip() for i in (self.api_key_sha256 or "").split(",") if i.strip()]
@@ -269,7 +296,8 @@ class Settings(BaseModel):
                     f"API_KEY_SHA256: item {number} of {len(items)} is not a SHA-256 hex digest (got "
                     f"{len(item)} characters, not shown); expected {EXPECTED['API_KEY_SHA256']}. "
                     "Put the digest there, never the key itself")
-        if self.api_auth != "off" and not (items or self.api_keys_secret_id):
+        given = items or self.api_keys_secret_id or malformed & {"api_key_sha256", "api_keys_secret_id"}
+        if self.api_auth != "off" and not given:
             problems.append(
                 f"API_AUTH={self.api_auth} needs API_KEY_SHA256 or API_KEYS_SECRET_ID (got neither); "
                 "make a key with scripts/new-api-key and set its digest, or set API_AUTH=off to "
@@ -298,6 +326,62 @@ def _is_sha256_hex(value: str) -> bool:
     return len(value) == 64 and not value.strip("0123456789abcdefABCDEF")
 
 
+_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_BARE_HOST = "must be a bare host name, without scheme, path or port"
+
+
+def _host_and_port(value: str) -> tuple[str, str | None]:
+    """RDS_ENDPOINT's host and port: host:port, [IPv6]:port, or a host alone (an IPv6 address
+    too). Anything else (a scheme, a path) is returned whole, for the host's check to name."""
+    if value.startswith("["):
+        inner, bracket, rest = value[1:].partition("]")
+        if bracket and rest.startswith(":"):
+            return f"[{inner}]", rest[1:]
+        return value, None
+    host, colon, port = value.rpartition(":")
+    if colon and ":" not in host and "/" not in value:
+        return host, port
+    return value, None
+
+
+def _checked_host(value: str) -> tuple[str, str | None]:
+    """The host as the driver, TLS and the region lookups need it (lower case, without a fully
+    qualified name's trailing dot, an IPv6 address without brackets), and why it is not one."""
+    inner = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(inner)), None
+    except ValueError:
+        pass
+    host = value.lower()
+    if host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]
+    if "/" in host or ":" in host:
+        parts = urlsplit(value if "://" in value else f"//{value}")
+        try:
+            found, port = parts.hostname, parts.port
+        except ValueError:  # a port that is no number
+            found, port = parts.hostname, None
+        if not found:
+            return host, _BARE_HOST
+        where = f"; here the host is {found!r}" + (f" and the port {port} (RDS_PORT)" if port else "")
+        return host, _BARE_HOST + where
+    if _HOST.fullmatch(host):
+        return host, None
+    bad = "".join(sorted({c for c in host if not (c.isascii() and (c.isalnum() or c in "-._"))}))
+    if bad:
+        return host, f"must be a bare host name: it holds {bad!r}, which no host name has"
+    return host, "must be a bare host name: it has a dot at its start or two dots in a row"
+
+
+def _quoted(value: str) -> bool:
+    return len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'"
+
+
+# Variables whose value is one of a few lower-case words: read in any case (IAM,
+# Verify-Identity), DB_SSL_MODE also as MySQL's --ssl-mode spells it (VERIFY_IDENTITY).
+_CHOICE_VARS = ("DB_AUTH", "DB_SSL_MODE", "DB_SSL_TRUST", "API_AUTH")
+
+
 def _variables(field) -> list[str]:
     alias = field.validation_alias
     return list(alias.choices) if isinstance(alias, AliasChoices) else [alias]
@@ -319,21 +403,93 @@ def describe(settings: Settings) -> dict[str, object]:
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Validate the environment; raise ConfigError naming each bad variable and the fix."""
-    # An empty property means "not set".
-    values = {k: v for k, v in environ.items() if k in _VAR_TO_FIELD and v != ""}
+    given, values, refused = _read(environ)
+    usable = {k: v for k, v in values.items() if k not in refused}
+    malformed = {_VAR_TO_FIELD[var] for var in refused}
+    problems = [{"loc": (var,), "msg": why, "type": "refused"} for var, why in refused.items()]
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(usable, context={"malformed": malformed})
     except ValidationError as err:
-        problems = _problems(err)
-        raise ConfigError(_describe(problems + _unchecked(problems, values), values)) from None
+        found = _problems(err)
+        problems += found + _unchecked(found, usable, malformed)
+    else:
+        if not problems:
+            return settings
+    raise ConfigError(_describe(_in_order(problems), given)) from None
 
 
-def _unchecked(problems: list, values: Mapping[str, str]) -> list:
+def _read(environ: Mapping[str, str]) -> tuple[dict, dict, dict]:
+    """The variables Settings reads, as they were meant when pasted into the console.
+
+    Returns what was given (without surrounding white space, which no value needs: a
+    pasted newline would otherwise be part of a host name), the values to validate (choices
+    in lower case, RDS_HOSTNAME and RDS_ENDPOINT reconciled), and the variables refused
+    outright with why. The password is taken as it is: it may begin or end with anything.
+    """
+    given, refused = {}, {}
+    for var, value in environ.items():
+        if var not in _VAR_TO_FIELD:
+            continue
+        if var not in _SECRET_VARS:
+            value = value.strip()
+        if value == "":
+            continue  # an empty property means "not set": Beanstalk keeps a cleared one as ""
+        given[var] = value
+        if var not in _SECRET_VARS and _quoted(value):
+            refused[var] = "is in quotes, which would be part of the value: set it without them"
+    values = dict(given)
+    for var in _CHOICE_VARS:
+        if var in values:
+            values[var] = values[var].lower()
+    if "DB_SSL_MODE" in values:
+        values["DB_SSL_MODE"] = values["DB_SSL_MODE"].replace("_", "-")
+    _reconcile_endpoint(given, values, refused)
+    return given, values, refused
+
+
+def _reconcile_endpoint(given: dict, values: dict, refused: dict) -> None:
+    """RDS_ENDPOINT set along with RDS_HOSTNAME or RDS_PORT must say the same: the app would
+    otherwise connect to one of the two and ignore the other without a word."""
+    endpoint, hostname = values.get("RDS_ENDPOINT"), values.get("RDS_HOSTNAME")
+    if not endpoint or refused.keys() & {"RDS_ENDPOINT", "RDS_HOSTNAME"}:
+        return
+    host, port = _host_and_port(endpoint)
+    if hostname:
+        if _checked_host(host)[0] != _checked_host(hostname)[0]:
+            refused["RDS_ENDPOINT"] = (
+                f"names another host than RDS_HOSTNAME ({_shown('RDS_HOSTNAME', hostname)}); set "
+                "RDS_HOSTNAME to the database's host and unset RDS_ENDPOINT")
+            return
+        del given["RDS_HOSTNAME"], values["RDS_HOSTNAME"]  # the same host: RDS_ENDPOINT says it all
+    if port is not None and "RDS_PORT" in values and "RDS_PORT" not in refused:
+        try:
+            differ = int(port) != int(values["RDS_PORT"])
+        except ValueError:
+            differ = False  # a port that is no number is refused as such
+        if differ:
+            refused["RDS_PORT"] = (f"differs from the port in RDS_ENDPOINT ({port}); unset RDS_PORT "
+                                   "or remove the port from RDS_ENDPOINT, so that one of them says it")
+
+
+def _in_order(problems: list) -> list:
+    """Each variable's problems in the order of the settings, then those between variables."""
+    order = {name: index for index, name in enumerate(Settings.model_fields)}
+
+    def position(problem) -> int:
+        var = str(problem["loc"][0])
+        return order.get(_VAR_TO_FIELD.get(var, var), len(order))
+
+    return (sorted((p for p in problems if p["loc"]), key=position)
+            + [p for p in problems if not p["loc"]])
+
+
+def _unchecked(problems: list, values: Mapping[str, str], refused: set[str] = frozenset()) -> list:
     """The checks between variables (a required one unset...) that pydantic skipped because a
     value was malformed, run without the malformed ones: one start names every bad variable."""
     malformed = {_VAR_TO_FIELD.get(str(p["loc"][0]), str(p["loc"][0])) for p in problems if p["loc"]}
     if not malformed:
         return []  # they ran: the problems are theirs
+    malformed |= refused
     if "port" in malformed and "RDS_PORT" not in values:
         malformed.add("host")  # the port came from RDS_ENDPOINT's host:port
     rest = {k: v for k, v in values.items() if _VAR_TO_FIELD.get(k) not in malformed}
@@ -379,9 +535,10 @@ def complete_from_secret(settings: Settings, found: Mapping[str, tuple[str, obje
             name = str(loc[0]) if loc else None
             reason = _reason(problem)
             if name in found:
-                var = _FIELD_TO_VAR[name]
+                var, value = _FIELD_TO_VAR[name], found[name][1]
+                got = _shown(var, value) if isinstance(value, str) else repr(value)
                 lines.append(f"  secret {secret_id} field \"{found[name][0]}\": {reason} "
-                             f"(got {found[name][1]!r}); expected {EXPECTED[var]}.")
+                             f"(got {got}); expected {EXPECTED[var]}.")
             elif name in _FIELD_TO_VAR:
                 lines.append(f"  {_FIELD_TO_VAR[name]}: {reason}; expected {EXPECTED[_FIELD_TO_VAR[name]]}.")
             else:
@@ -391,10 +548,29 @@ def complete_from_secret(settings: Settings, found: Mapping[str, tuple[str, obje
         raise ConfigError("\n".join(lines)) from None
 
 
-def _reason(problem) -> str:
+_UNIT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)\s*[a-z]+", re.IGNORECASE)  # 30s, 2.5 min, 1h
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/]*@", re.IGNORECASE)  # mysql://app:pw@
+
+
+def _reason(problem, value: str | None = None) -> str:
     if problem["type"] == "missing":
         return "is required"
+    if problem["type"] == "string_pattern_mismatch":
+        return "is not of the form expected"  # not the regular expression
+    if problem["type"] in ("int_parsing", "float_parsing") and value and _UNIT.fullmatch(value):
+        return "must be a plain number, without a unit"
     return problem["msg"].removeprefix("Value error, ")
+
+
+def _shown(var: str, value: str) -> str:
+    """A value as a message may show it: never a password, nor what may be an API key."""
+    if var in _SECRET_VARS:
+        return "<hidden>"
+    if var == "API_KEY_SHA256":
+        return f"{len(value)} characters, not shown"
+    if var in ("RDS_HOSTNAME", "RDS_ENDPOINT"):  # a URL pasted whole may hold user:password@
+        value = _USERINFO.sub(lambda m: f"{m[1] or ''}<hidden>@", value)
+    return repr(value)
 
 
 def _describe(problems: list, values: Mapping[str, str]) -> str:
@@ -403,7 +579,7 @@ def _describe(problems: list, values: Mapping[str, str]) -> str:
         loc = problem["loc"]
         if loc:
             var = _FIELD_TO_VAR.get(str(loc[0]), str(loc[0]))
-            reason = _reason(problem)
+            reason = _reason(problem, values.get(var))
             # An alias expects what its field's first name does (AWS_DEFAULT_REGION: AWS_REGION's).
             expected = EXPECTED.get(_FIELD_TO_VAR.get(_VAR_TO_FIELD.get(var), var))
             endpoint = values.get("RDS_ENDPOINT")
@@ -415,8 +591,7 @@ def _describe(problems: list, values: Mapping[str, str]) -> str:
                     reason = f"its port: {reason}"
                 var, expected = "RDS_ENDPOINT", (f"{EXPECTED['RDS_HOSTNAME']}; the port after ':' "
                                                  f"{EXPECTED['RDS_PORT']}")
-            got = "not set" if var not in values else (
-                "<hidden>" if var in _SECRET_VARS else repr(values[var]))
+            got = "not set" if var not in values else _shown(var, values[var])
             line = f"  {var}: {reason} (got {got}); expected {expected}."
             if not any(seen.startswith(f"  {var}: ") for seen in lines):  # one line per variable
                 lines.append(line)
