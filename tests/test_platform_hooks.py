@@ -111,13 +111,17 @@ def test_prebuild_rejects_a_bundle_with_a_foreign_certificate(run_hook, pki, tmp
 
 @pytest.mark.parametrize("mode, auth, code", [
     ("verify-identity", None, 1), ("verify-ca", None, 1), ("required", None, 0),
-    (None, "iam", 1), (None, None, 0)])  # unset: the app's default, verify-identity for iam
+    (None, "iam", 1), (None, None, 0),  # unset: the app's default, verify-identity for iam
+    # As the app reads them (app/config.py): any case, MySQL's spelling, pasted spaces. The hook
+    # took DB_AUTH=IAM for password auth and skipped the bundle the app then could not find.
+    ("VERIFY_IDENTITY", None, 1), (" Verify-CA\n", None, 1), (None, "IAM", 1), ("  ", "iam ", 1)])
 def test_prebuild_without_any_bundle_fails_only_when_verification_needs_one(run_hook, tmp_path, mode, auth, code):
     target = tmp_path / "rds.pem"
-    properties = {"DB_SSL_CA": str(target), "DB_SSL_MODE": mode, "DB_AUTH": auth}
+    properties = {"DB_SSL_CA": f" {target}\n", "DB_SSL_MODE": mode, "DB_AUTH": auth}
     result = run_hook(PREBUILD, {k: v for k, v in properties.items() if v is not None},
                       RDS_CA_BUNDLE_URL=f"file://{tmp_path}/missing.pem")
-    mode = mode or ("verify-identity" if auth == "iam" else "required")
+    mode = (mode or "").strip().lower().replace("_", "-") or (
+        "verify-identity" if (auth or "").strip().lower() == "iam" else "required")
     assert result.returncode == code, result.stderr
     assert not target.exists()
     if code:
@@ -136,7 +140,7 @@ def test_prebuild_reads_properties_through_get_config_not_its_environment(run_ho
     assert target.exists() and not decoy.exists()
 
 
-@pytest.mark.parametrize("trust", ["rds-proxy", None])
+@pytest.mark.parametrize("trust", ["rds-proxy", "RDS-Proxy", None])
 def test_prebuild_rds_proxy_adds_exactly_amazon_root_cas_from_the_system_store(run_hook, pki, system_store,
                                                                               tmp_path, trust):
     """RDS Proxy endpoints present ACM certificates, which chain to Amazon Root CA 1-4, not to
@@ -160,7 +164,7 @@ def test_prebuild_rds_proxy_adds_exactly_amazon_root_cas_from_the_system_store(r
     else:
         assert f"installed 2 RDS CA certificates at {target}" in result.stderr
     assert pem_blocks(target) == expected
-    assert target.read_text().startswith(f"{HEADER} (DB_SSL_TRUST={trust or 'rds'} ")
+    assert target.read_text().startswith(f"{HEADER} (DB_SSL_TRUST={(trust or 'rds').lower()} ")
 
 
 @pytest.mark.parametrize("mode, code", [("verify-identity", 1), ("verify-ca", 1), ("required", 0)])

@@ -18,15 +18,21 @@ GET_CONFIG="${EB_GET_CONFIG:-/opt/elasticbeanstalk/bin/get-config}"
 URL="${RDS_CA_BUNDLE_URL:-https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem}"
 HEADER="# Installed by .platform/hooks/prebuild/01_rds_ca_bundle.sh"
 
-property() {  # an environment property, or $2 when it is not set
-  "$GET_CONFIG" environment -k "$1" 2>/dev/null || printf '%s' "$2"
+property() {  # an environment property read as the app reads it (app/config.py), or $2 when unset
+  local value
+  value=$("$GET_CONFIG" environment -k "$1" 2>/dev/null) || value=""
+  value=$(printf '%s' "$value" | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')  # pasted spaces, newlines
+  printf '%s' "${value:-$2}"  # empty (or only spaces) is unset
+}
+choice() {  # a property naming one of a few words: any case, MySQL's VERIFY_IDENTITY spelling too
+  property "$1" "$2" | tr '[:upper:]_' '[:lower:]-'
 }
 
 target=$(property DB_SSL_CA /etc/pki/tls/certs/rds-global-bundle.pem)
 # Unset, DB_SSL_MODE defaults as in the app (app/config.py): verify-identity for DB_AUTH=iam.
-if [ "$(property DB_AUTH password)" = iam ]; then default_mode=verify-identity; else default_mode=required; fi
-mode=$(property DB_SSL_MODE "$default_mode")
-trust=$(property DB_SSL_TRUST rds)
+if [ "$(choice DB_AUTH password)" = iam ]; then default_mode=verify-identity; else default_mode=required; fi
+mode=$(choice DB_SSL_MODE "$default_mode")
+trust=$(choice DB_SSL_TRUST rds)
 log() { echo "rds-ca-bundle: $*" >&2; }
 verifying() { [ "$mode" = "verify-ca" ] || [ "$mode" = "verify-identity" ]; }
 
