@@ -130,9 +130,30 @@ def on_exit(arbiter):
         shutil.rmtree(os.path.dirname(mark), ignore_errors=True)
 
 
+def _stop_gracefully_on_interrupt(worker) -> None:
+    """SIGINT and SIGQUIT stop a worker the way SIGTERM does: its loop ends, the requests in
+    flight finish, and it exits from its main thread's own flow.
+
+    Ctrl-C reaches every process of scripts/run-local's group, and the master answers its own
+    SIGINT with SIGQUIT to each worker. gunicorn's gthread worker handles both with handle_quit,
+    which calls its thread pool's shutdown and raises SystemExit from inside the signal
+    handler, wherever the main thread was. Where it held a lock, the worker hung until the
+    master killed it after graceful_timeout (30 s, then "was sent SIGKILL! Perhaps out of
+    memory?"): inside ThreadPoolExecutor.submit, shutdown waited on the executor's lock the
+    thread itself held (python/cpython#121649); between a Future's lock taken and its `with`
+    block entered, the exception left the lock held and a request thread waited on it at
+    exit. Seen on about one Ctrl-C in three right after a request. handle_exit only clears the
+    worker's `alive`; the loop sees it within a second. The master still SIGKILLs a worker
+    that has not exited after graceful_timeout.
+    """
+    signal.signal(signal.SIGINT, worker.handle_exit)
+    signal.signal(signal.SIGQUIT, worker.handle_exit)
+
+
 def post_worker_init(worker):
-    """Once the worker has built the app: mark that one did (_mark_for_loaded_workers), collect,
-    then freeze what is left (gc.freeze).
+    """Once the worker has built the app: mark that one did (_mark_for_loaded_workers), stop
+    gracefully on SIGINT and SIGQUIT (_stop_gracefully_on_interrupt), collect, then freeze
+    what is left (gc.freeze).
 
     The imports (Flask, pydantic, SQLAlchemy, the driver) leave about 70,000 objects that live
     as long as the worker. Unfrozen, every full collection walks them all with the GIL held,
@@ -143,6 +164,7 @@ def post_worker_init(worker):
     mark = os.environ.get(WORKER_LOADED_MARK)
     if mark:
         open(mark, "a").close()
+    _stop_gracefully_on_interrupt(worker)
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
@@ -150,31 +172,6 @@ def post_worker_init(worker):
     worker.log.info("froze %d objects the app's startup left", frozen,
                     extra={"event": "gc_frozen", "objects": frozen,
                            "ms": round((time.perf_counter() - started) * 1000, 1)})
-
-
-def worker_int(worker):
-    """A worker stopped by SIGINT or SIGQUIT while it hands a connection to a thread exits at once.
-
-    Ctrl-C reaches every process of scripts/run-local's group, and the master answers its own
-    SIGINT with SIGQUIT to each worker. gunicorn's gthread worker handles both in its main
-    thread: this hook, then `tpool.shutdown()`, then `sys.exit(0)`. When the signal lands
-    while that thread is inside `tpool.submit()` (a connection just became readable: a new
-    request, or a client closing its keep-alive connection), submit holds the executor's lock,
-    shutdown waits on it in the same thread forever (python/cpython#121649), and the master
-    kills the worker after graceful_timeout: 30 s of waiting, then "was sent SIGKILL! Perhaps
-    out of memory?". Seen on about one Ctrl-C in three right after a request.
-
-    Raising SystemExit here, as handle_quit would after shutdown, unwinds submit and releases
-    its lock; the work already queued is still served, since interpreter exit joins the pool's
-    threads as shutdown would have. The lock is gunicorn 23's ThreadPoolExecutor's
-    (`_shutdown_lock`, Python 3.11); without one, gunicorn's own path runs.
-    """
-    lock = getattr(getattr(worker, "tpool", None), "_shutdown_lock", None)
-    if lock is None:
-        return
-    if not lock.acquire(blocking=False):  # held: the signal interrupted submit (or shutdown)
-        raise SystemExit(0)
-    lock.release()
 
 
 def client_address(environ) -> str | None:

@@ -420,49 +420,88 @@ def test_master_connection_survives_workers_that_exit(db_env, start_gunicorn, my
     assert set(workers.values()) - exited  # the replacements too
 
 
-# A config that loads the project's gunicorn.conf.py, then has the worker's main thread take
-# SIGINT inside ThreadPoolExecutor.submit, with the executor's lock held, where Ctrl-C or the
-# master's SIGQUIT land now and then (gunicorn.conf.py's worker_int). It fires once, for the
-# first connection handed over after the test creates the file INTERRUPT_IN_SUBMIT names.
-INTERRUPTED_IN_SUBMIT = """
+# A config that loads the project's gunicorn.conf.py, then has a worker's main thread take
+# SIGINT, as Ctrl-C and the master's SIGQUIT land now and then, where it holds a lock: inside
+# ThreadPoolExecutor.submit (INTERRUPT_WHERE=submit), or just after taking the lock of a
+# request's Future and before entering its `with` block (=future), where an exception raised
+# by the handler leaves the lock held. It fires once, in the main thread, after the test creates
+# the file INTERRUPT_TRIGGER names.
+INTERRUPTED_HOLDING_A_LOCK = """
 exec(compile(open("gunicorn.conf.py").read(), "gunicorn.conf.py", "exec"))
 import signal as _signal
+import threading as _threading
 _project_post_worker_init = post_worker_init
+
+
+def _fire():
+    if _threading.current_thread() is not _threading.main_thread():
+        return
+    try:
+        os.remove(os.environ["INTERRUPT_TRIGGER"])
+    except FileNotFoundError:
+        return
+    _signal.raise_signal(_signal.SIGINT)  # its handler runs here, the lock held
+
+
+class _InterruptedOnEnter:
+    def __init__(self, condition):
+        self.condition = condition
+
+    def __enter__(self):
+        entered = self.condition.__enter__()
+        _fire()
+        return entered
+
+    def __exit__(self, *exc):
+        return self.condition.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self.condition, name)
+
 
 def post_worker_init(worker):
     _project_post_worker_init(worker)
-    hand_over = worker.tpool._adjust_thread_count  # submit() calls it with its lock held
+    if os.environ["INTERRUPT_WHERE"] == "submit":
+        hand_over = worker.tpool._adjust_thread_count  # submit() calls it with its lock held
 
-    def interrupted():
-        try:
-            os.remove(os.environ["INTERRUPT_IN_SUBMIT"])
-        except FileNotFoundError:
-            pass
-        else:
-            _signal.raise_signal(_signal.SIGINT)  # its handler runs here, inside submit()
-        hand_over()
+        def interrupted():
+            _fire()
+            hand_over()
 
-    worker.tpool._adjust_thread_count = interrupted
+        worker.tpool._adjust_thread_count = interrupted
+    else:
+        wrap = worker._wrap_future  # add_done_callback: the Future's lock, in the main thread
+
+        def wrapped(fs, conn):
+            fs._condition = _InterruptedOnEnter(fs._condition)
+            wrap(fs, conn)
+
+        worker._wrap_future = wrapped
 """
 
 
-def test_a_worker_interrupted_while_handing_over_a_connection_exits_at_once(db_env, start_gunicorn,
-                                                                           tmp_path):
-    """Ctrl-C on scripts/run-local right after a request: about one stop in three waited 30 s for
-    a worker deadlocked on its own thread pool's lock, which the master then killed ("was sent
-    SIGKILL! Perhaps out of memory?"). The request being handed over is still answered."""
-    (tmp_path / "interrupt.py").write_text(INTERRUPTED_IN_SUBMIT)
+@pytest.mark.parametrize("where", ["submit", "future"])
+def test_a_worker_interrupted_while_it_holds_a_lock_finishes_its_request_and_exits(
+        db_env, slow_gunicorn, tmp_path, where):
+    """Ctrl-C on scripts/run-local right after a request: about one stop in three waited 30 s
+    for a worker that the master then killed ("was sent SIGKILL! Perhaps out of memory?").
+    gunicorn's handler for SIGINT raised SystemExit wherever the main thread was: inside
+    submit, the pool's shutdown then waited on the lock the thread held; between a Future's
+    lock and its `with`, the lock stayed held and the request's thread waited on it at exit.
+    Both fail on the old config (the worker never exits). The request is answered either way."""
+    (tmp_path / "interrupt.py").write_text(INTERRUPTED_HOLDING_A_LOCK)
     trigger = tmp_path / "interrupt-now"
-    env = {**db_env, "WEB_CONCURRENCY": "1", "INTERRUPT_IN_SUBMIT": str(trigger)}
-    server = start_gunicorn(env, ["--config", str(tmp_path / "interrupt.py")])
+    env = {**db_env, "WEB_CONCURRENCY": "1", "INTERRUPT_TRIGGER": str(trigger), "INTERRUPT_WHERE": where}
+    server = slow_gunicorn(env, ["--config", str(tmp_path / "interrupt.py")])
     [worker] = server.worker_pids(expect=1)
     trigger.touch()
-    assert requests.get(server.url + "/api/users", timeout=30).status_code == 200
-    deadline = time.monotonic() + 20  # gunicorn's timeout (60 s) would end a deadlocked worker
+    # A request that outlasts the main thread's hand-over: its thread completes the Future later.
+    assert requests.get(server.url + "/_test/sleep?s=0.3", timeout=30).status_code == 200
+    deadline = time.monotonic() + 20  # the master would kill a hung worker only at its timeout (60 s)
     while worker in server.worker_pids() or f"Worker exiting (pid: {worker})" not in server.output():
         assert time.monotonic() < deadline, f"worker {worker} did not exit:\n{server.output()}"
         time.sleep(0.05)
-    assert not trigger.exists()  # it did take SIGINT inside submit
+    assert not trigger.exists()  # it did take SIGINT there
     [replacement] = server.worker_pids(expect=1) - {worker}  # the master was not stopping
     assert requests.get(server.url + "/api/users", timeout=30).status_code == 200
     output = server.output()

@@ -60,7 +60,8 @@ def serves_sample_users_then_stops(proc, port: int, log: Path) -> str:
     output = log.read_text()
     assert proc.returncode == 0, output
     assert "run-local: stopped" in output
-    # No worker left for the master to kill after graceful_timeout (gunicorn.conf.py's worker_int).
+    # No worker left for the master to kill after graceful_timeout (gunicorn.conf.py's
+    # _stop_gracefully_on_interrupt).
     assert "SIGKILL" not in output and "WORKER TIMEOUT" not in output, output
     return output
 
