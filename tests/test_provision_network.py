@@ -72,6 +72,30 @@ def test_a_nat_gateway_that_cannot_reach_the_internet_is_no_way_out(aws, capsys)
     assert state(aws) == before
 
 
+def test_a_vpc_without_dns_resolution_is_refused_unless_it_has_its_own_dns_servers(aws, capsys):
+    """With enableDnsSupport off, the Amazon-provided DNS server does not answer the VPC's
+    instances (https://docs.aws.amazon.com/vpc/latest/userguide/vpc-dns.html): neither the
+    database's endpoint nor any AWS or PyPI name resolves. Unless DHCP options name DNS
+    servers of the VPC's own, provision refuses before changing anything, with the command that
+    turns it on; it went on, and the first deployment would have failed."""
+    ec2 = aws["ec2"]
+    network = vpc_with_a_nat(ec2, "10.50")
+    make_instance(aws, network, "nodns")
+    ec2.modify_vpc_attribute(VpcId=network["vpc"], EnableDnsSupport={"Value": False})
+    before = state(aws)
+    code, _, err = run(capsys, "--auth", "iam", "--create-role", target=("--db-instance", "nodns"))
+    assert code == 2, err
+    assert f"{network['vpc']} has DNS resolution turned off" in err
+    assert f"aws ec2 modify-vpc-attribute --vpc-id {network['vpc']} --enable-dns-support Value=true" in err
+    assert state(aws) == before
+
+    options = ec2.create_dhcp_options(DhcpConfigurations=[
+        {"Key": "domain-name-servers", "Values": ["10.50.0.53", "10.50.1.53"]}])["DhcpOptions"]["DhcpOptionsId"]
+    ec2.associate_dhcp_options(DhcpOptionsId=options, VpcId=network["vpc"])
+    code, out, err = run(capsys, "--auth", "iam", "--create-role", "--dry-run", target=("--db-instance", "nodns"))
+    assert code == 0 and "DNS resolution" not in err + out, err
+
+
 def ec2_role(iam, name, service="ec2.amazonaws.com"):
     """A role as `aws iam create-role` makes it: no instance profile."""
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": service},
