@@ -483,8 +483,9 @@ def post_worker_init(worker):
 @pytest.mark.parametrize("where", ["submit", "future"])
 def test_a_worker_interrupted_while_it_holds_a_lock_finishes_its_request_and_exits(
         db_env, slow_gunicorn, tmp_path, where):
-    """Ctrl-C on scripts/run-local right after a request: about one stop in three waited 30 s
-    for a worker that the master then killed ("was sent SIGKILL! Perhaps out of memory?").
+    """Ctrl-C on scripts/run-local right after a request: in 3 of 4 runs of test_run_local, one
+    stop waited 30 s for a worker that the master then killed ("was sent SIGKILL! Perhaps out
+    of memory?").
     gunicorn's handler for SIGINT raised SystemExit wherever the main thread was: inside
     submit, the pool's shutdown then waited on the lock the thread held; between a Future's
     lock and its `with`, the lock stayed held and the request's thread waited on it at exit.
