@@ -20,7 +20,7 @@ from gunicorn.glogging import Logger
 
 
 def _int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, "")
+    raw = os.environ.get(name, "").strip()  # as app/config.py reads a property: pasted spaces
     if raw == "":
         return default
     try:

@@ -19,7 +19,9 @@ BASE = {"RDS_HOSTNAME": "db.example.internal", "RDS_DB_NAME": "ebdb", "RDS_USERN
 GIB = 1024 ** 3
 
 
-@pytest.mark.parametrize("value", [None, "1", "3", "64"])
+# Spaces around a value, or only spaces, as app/config.py reads a property: gunicorn.conf.py
+# refused "  " (the settings' unset) and stopped gunicorn.
+@pytest.mark.parametrize("value", [None, "1", "3", "64", " 3\n", "  "])
 def test_workers_are_what_gunicorn_conf_computes(monkeypatch, value):
     if value is None:
         monkeypatch.delenv("WEB_CONCURRENCY", raising=False)

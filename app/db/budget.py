@@ -32,7 +32,7 @@ _PROXY_HOST = re.compile(r"\.proxy-[a-z0-9]+\.[a-z0-9-]+\.rds\.amazonaws\.com(\.
 def workers(environ: Mapping[str, str]) -> int:
     """gunicorn's worker count, computed as gunicorn.conf.py computes it (WEB_CONCURRENCY or
     the CPU count); tests/test_doctor_budget.py runs gunicorn.conf.py to keep the two equal."""
-    raw = environ.get("WEB_CONCURRENCY", "")
+    raw = environ.get("WEB_CONCURRENCY", "").strip()
     if raw == "":
         return os.cpu_count() or 2
     try:
