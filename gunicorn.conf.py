@@ -6,6 +6,7 @@ thread rarely waits for a connection. Defaults fit a 2-vCPU instance; override w
 environment properties.
 """
 
+import faulthandler
 import gc
 import json
 import logging
@@ -152,8 +153,13 @@ def _stop_gracefully_on_interrupt(worker) -> None:
 
 def post_worker_init(worker):
     """Once the worker has built the app: mark that one did (_mark_for_loaded_workers), stop
-    gracefully on SIGINT and SIGQUIT (_stop_gracefully_on_interrupt), collect, then freeze
-    what is left (gc.freeze).
+    gracefully on SIGINT and SIGQUIT (_stop_gracefully_on_interrupt), leave a traceback if it
+    crashes (faulthandler), collect, then freeze what is left (gc.freeze).
+
+    A crash in C code (the driver's extension, a segmentation fault) kills the worker with no
+    Python traceback: the master's "Worker (pid:N) was sent SIGSEGV!" is all the log would say,
+    and the requests it held get a reset connection. faulthandler writes every thread's Python
+    stack to stderr (web.stdout.log) first, as plain text, so the crash names the code it was in.
 
     The imports (Flask, pydantic, SQLAlchemy, the driver) leave about 70,000 objects that live
     as long as the worker. Unfrozen, every full collection walks them all with the GIL held,
@@ -165,6 +171,7 @@ def post_worker_init(worker):
     if mark:
         open(mark, "a").close()
     _stop_gracefully_on_interrupt(worker)
+    faulthandler.enable(all_threads=True)
     started = time.perf_counter()
     gc.collect()
     gc.freeze()

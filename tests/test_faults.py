@@ -11,7 +11,9 @@ tests/test_gunicorn.py make the same faults with finer assertions, using the sam
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import subprocess
 import time
 
@@ -98,6 +100,35 @@ def test_verdict_fails_a_scenario_that_breaks_a_promise():
     assert crowded.problems() == ["5 server connections, above 4"]
     report = faults.report([crowded], workers=2, pool_size=2)
     assert report.splitlines()[-1].endswith("FAIL: 5 server connections, above 4")
+
+
+def test_a_worker_that_dies_fails_the_report_which_keeps_its_crash_report(tmp_path):
+    """A worker that crashed in C code (as one did in a CI run's idle scenario: "was sent
+    SIGSEGV!") fails the scenario even when no client was hurt, and its faulthandler stacks
+    reach the operator; before, the report printed only the clients' ConnectionErrors and the
+    app's log was removed with the work directory."""
+    rig = faults.Rig(workers=1, pool_size=1, work=tmp_path).start()
+    try:
+        rig.start_app()
+        assert rig.worker_deaths() == []
+        [worker] = [int(pid) for pid in subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(rig.gunicorn.pid)],
+            capture_output=True, text=True).stdout.split()]
+        os.kill(worker, signal.SIGSEGV)  # as a fault in C code raises it in the worker
+        deadline = time.monotonic() + 10
+        deaths = rig.worker_deaths()
+        while not deaths:
+            assert time.monotonic() < deadline, rig.logs[-1].read_text()
+            time.sleep(0.05)
+            deaths = rig.worker_deaths()
+        assert deaths == [f"Worker (pid:{worker}) was sent SIGSEGV!"]
+        assert rig.worker_deaths() == []  # each death is reported once
+        assert "Fatal Python error: Segmentation fault" in rig.crash_reports()
+    finally:
+        rig.stop()
+    crashed = faults.summary([answer(200)], name="idle")
+    crashed.worker_deaths = deaths
+    assert crashed.problems() == [f"a worker died: Worker (pid:{worker}) was sent SIGSEGV!"]
 
 
 def test_sampler_counts_no_session_its_client_already_closed(mysql_server, db_env):

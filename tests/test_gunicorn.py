@@ -317,6 +317,37 @@ def test_a_worker_killed_while_gunicorn_stops_is_logged_as_an_error(db_env, mysq
     assert killed["message"] == f"Worker (pid:{worker}) was sent SIGKILL! Perhaps out of memory?"
 
 
+def test_a_worker_that_crashes_in_c_code_leaves_every_thread_s_python_stack_in_the_log(
+        db_env, mysql_server, slow_gunicorn, monkeypatch):
+    """A crash in C code (the driver's extension) kills a worker at once: the master logs "was
+    sent SIGSEGV!", and without faulthandler nothing says where it was. post_worker_init enables
+    it: the log then holds each thread's Python stack, the request's included. Fails without
+    that line (no "Fatal Python error"). The master replaces the worker; the request it held
+    gets a reset connection, which no code of the app can answer."""
+    from test_resilience import connection_running
+
+    monkeypatch.delenv("PYTHONFAULTHANDLER", raising=False)  # the config alone must enable it
+    server = slow_gunicorn({**db_env, "WEB_CONCURRENCY": "1"})
+    [worker] = server.worker_pids(expect=1)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(requests.get, server.url + "/_test/sleep?s=8", timeout=30)
+        connection_running(mysql_server, db_env["RDS_DB_NAME"], "INFO LIKE 'SELECT SLEEP%'")
+        os.kill(worker, signal.SIGSEGV)  # as a fault in C code raises it in the worker
+        with pytest.raises(requests.exceptions.ConnectionError):
+            held.result()
+    deadline = time.monotonic() + 10
+    while f"Worker (pid:{worker}) was sent SIGSEGV!" not in server.output():
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    output = server.output()
+    assert "Fatal Python error: Segmentation fault" in output, output
+    crash = output[output.index("Fatal Python error: Segmentation fault"):]
+    assert "Thread 0x" in crash and "Current thread 0x" in crash, output
+    assert 'tests/slow_app.py", line' in crash, output  # the request's thread, in the route
+    [replacement] = server.worker_pids(expect=1) - {worker}
+    assert requests.get(server.url + "/api/users", timeout=30).status_code == 200
+
+
 def test_database_outage_is_503_then_recovers_without_restart(tmp_path, start_gunicorn):
     """Stop the server under steady load, keep it down, start it on the same port."""
     db = localdb.LocalServer(basedir=tmp_path / "db").start()

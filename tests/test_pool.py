@@ -1,6 +1,11 @@
 """The per-process pool against a real server: waiting, replacement, recycling, clean returns."""
 
+import json
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,6 +19,7 @@ from app.db import Database, DatabaseUnavailable, PoolTimeout
 from app.db.errors import DatabaseMisconfigured, StatementTimeout
 from app.db.connection import ConnectionOpener
 from app.db.pool import ConnectionPool
+from conftest import ROOT
 
 
 class CountingPassword(StaticPassword):
@@ -546,3 +552,90 @@ def test_a_create_after_its_pooled_connection_died_while_idle_succeeds(db_env, m
     assert response.status_code == 201, response.get_json()
     assert client.get("/api/users").get_json()["data"][-1]["email"] == "after@example.com"
     app.extensions["database"].dispose()
+
+
+# Run in a fresh interpreter: what the C extension's client library holds before and after a
+# gunicorn worker's import of the app (application.py), which runs before its threads start.
+# my_init_done and mysql_port are globals the library sets in mysql_library_init; the
+# extension exports both.
+LIBRARY_STATE = """
+import ctypes, json, _mysql_connector
+library = ctypes.PyDLL(_mysql_connector.__file__)
+def state():
+    return [ctypes.c_bool.in_dll(library, "my_init_done").value,
+            ctypes.c_uint.in_dll(library, "mysql_port").value]
+before = state()
+import application
+print(json.dumps([before, state()]))
+"""
+
+
+def test_loading_the_app_initializes_the_client_library_before_any_thread_connects(db_env):
+    """mysql_library_init is not thread-safe, and mysql_init() runs it on a process's first
+    connection: the driver does so with the GIL released, so a fresh worker's threads
+    connecting together raced in it, and a CI run lost a worker to SIGSEGV on its first
+    requests (app/db/pool.py, _initialize_client_library). Loading the app now initializes it,
+    before any connection; on the old code the library was still uninitialized ([False, 0])."""
+    env = {k: v for k, v in os.environ.items() if k != "MYSQL_TCP_PORT"}
+    result = subprocess.run([sys.executable, "-c", LIBRARY_STATE], cwd=ROOT, env={**env, **db_env},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    before, after = json.loads(result.stdout.splitlines()[-1])
+    assert before == [False, 0]  # nothing had initialized it before the app loaded
+    assert after[0] is True and after[1] > 0, (after, result.stderr)
+
+
+# Two threads of a loaded app borrow at once from an empty pool, so each opens the process's
+# first connections, as a fresh gunicorn worker's threads do on its first requests.
+FIRST_CONNECTIONS = """
+import json, sys, threading
+from app import create_app
+database = create_app(json.loads(sys.argv[1])).extensions["database"]
+start, leases, outcomes = threading.Barrier(2), [], []
+def borrow():
+    start.wait()
+    try:
+        leases.append(database.borrow())
+        outcomes.append("connected")
+    except Exception as err:
+        outcomes.append(f"{type(err).__name__}: {err.__cause__ or err}")
+threads = [threading.Thread(target=borrow) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+for lease in leases: lease.release()
+with open(sys.argv[2], "w") as out:  # not stdout, where gdb's own lines interleave
+    json.dump(sorted(outcomes), out)
+"""
+
+# gdb holds whichever thread initializes the client library inside that initialization for
+# half a second (a thread the scheduler preempts there, as on a busy instance), while the
+# other thread goes on; the machine and CI have gdb (the env library's python-svc.md).
+HOLD_LIBRARY_INIT = """
+set pagination off
+set breakpoint pending on
+handle SIGPIPE nostop noprint
+break mysql_client_plugin_init
+commands
+silent
+call (int)usleep(500000)
+continue
+end
+run
+"""
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to hold a thread in the library's init")
+def test_first_connections_opened_together_all_succeed_while_one_thread_is_slow_in_library_init(
+        db_env, tmp_path):
+    """The race itself, made certain: on the old code the second thread's connection failed
+    while the first initialized the library ("Authentication plugin 'mysql_native_password'
+    cannot be loaded: not initialized", 2059); other timings crash the worker instead. Now
+    the library is initialized when the app loads, before any thread starts."""
+    commands = tmp_path / "hold.gdb"
+    commands.write_text(HOLD_LIBRARY_INIT)
+    outcomes = tmp_path / "outcomes.json"
+    result = subprocess.run(["gdb", "-nx", "-batch", "-x", str(commands), "--args", sys.executable,
+                             "-c", FIRST_CONNECTIONS, json.dumps(db_env), str(outcomes)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert outcomes.exists(), result.stdout + result.stderr  # the process died (SIGSEGV?)
+    assert json.loads(outcomes.read_text()) == ["connected", "connected"], result.stdout

@@ -28,6 +28,7 @@ from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
 try:  # the C extension, when it loaded (mysql.connector.HAVE_CEXT)
+    import _mysql_connector
     from _mysql_connector import MySQLInterfaceError
     from mysql.connector.connection_cext import CMySQLConnection
 except ImportError:  # pragma: no cover - the pinned driver ships it for this platform
@@ -51,6 +52,37 @@ WAIT_TIMEOUT_SHARE = 0.5
 
 # Every pool of this process, so that a forked child can disarm the connections it inherits.
 _POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+def _initialize_client_library() -> None:
+    """Initialize the MySQL client library inside the C extension now, before any thread
+    connects.
+
+    mysql_init() initializes the library on a process's first connection, which is not
+    thread-safe: "You must either call mysql_library_init() prior to spawning any threads, or
+    else use a mutex to protect the call"
+    (https://dev.mysql.com/doc/c-api/9.5/en/mysql-library-init.html). The driver (9.7.0) never
+    calls it, and calls mysql_init() with the GIL released, so a fresh worker's threads opening
+    their first connections together ran it together. The library marks itself initialized
+    before it is, and the other thread goes on into a half-initialized library: its connection
+    fails (2059, "Authentication plugin 'mysql_native_password' cannot be loaded: not
+    initialized"), or, with other timings, it crashes: a worker under scripts/faults died of
+    SIGSEGV on its first requests, its core showing one thread in mysql_real_connect while
+    another was still in my_init under mysql_init (by its symptoms, the crash that cost a CI
+    run's fault report two requests). tests/test_pool.py holds a thread inside the
+    initialization with gdb. mysqlclient fixed the same in its module init
+    (PyMySQL/mysqlclient#377). Called at import, which a gunicorn worker runs
+    before its threads start; PyDLL keeps the GIL held during the call. mysql_library_init is
+    a macro for mysql_server_init, the symbol the extension exports.
+    """
+    if CMySQLConnection is None:  # pragma: no cover - no C extension, no C library
+        return
+    library = ctypes.PyDLL(_mysql_connector.__file__)  # the loaded extension, not a second copy
+    if library.mysql_server_init(0, None, None) != 0:
+        raise RuntimeError("the MySQL client library (mysql_library_init) could not initialize")
+
+
+_initialize_client_library()
 
 
 def _disarm_inherited_connections() -> None:
