@@ -34,6 +34,34 @@ from app import create_app  # noqa: E402
 from app import migrate  # noqa: E402
 
 
+def _share_botocore_data_loaders() -> None:
+    """One botocore data loader per data path for every botocore session of a test process.
+
+    botocore caches the service models it parses (EC2's alone is megabytes of JSON) in the data
+    loader of a session, and shares that loader between the session's clients. The scripts
+    make one session per run, as they should; the tests run them hundreds of times in one
+    process, and parsing the same models again took about a fifth of the suite's CPU on a
+    two-CPU machine (tests/test_provision.py alone: 190 s of test time). Sharing the loader
+    across sessions is what botocore already does across clients: the models are the same
+    files, read once.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    create = botocore.loaders.create_loader
+    shared: dict = {}
+
+    def create_shared_loader(search_path_string=None):
+        if search_path_string not in shared:
+            shared[search_path_string] = create(search_path_string)
+        return shared[search_path_string]
+
+    botocore.session.create_loader = create_shared_loader
+
+
+_share_botocore_data_loaders()
+
+
 class ExistingServer:
     """A server given by TEST_DATABASE_URL, driven like localdb.LocalServer."""
 
