@@ -52,13 +52,36 @@ def run_hook(tmp_path):
     return run
 
 
+# The test CAs: (name, subject, basicConstraints or None for make_ca's CA:TRUE). RSA key
+# generation is most of their cost (about 1.5 s a test on a two-CPU machine), so each pytest
+# process makes them once and every test gets its own copy of the files.
+RDS_CAS = [("rds1", "/CN=Amazon RDS eu-west-1 Root CA RSA2048 G1/O=Test"),
+           ("rds2", "/CN=Amazon RDS eu-west-1 Root CA ECC384 G1/O=Test")]
+OTHER_CA = ("other", "/CN=Some Other Root CA/O=Test")
+# A fake system trust store: Amazon Root CA 1 and 3, look-alikes that must be left out.
+SYSTEM_KEEP = [("amazon1", "/CN=Amazon Root CA 1/O=Amazon/C=US"),
+               ("amazon3", "/C=US/O=Amazon/CN=Amazon Root CA 3")]
+SYSTEM_LEAVE = [("amazon5", "/CN=Amazon Root CA 5/O=Amazon/C=US"),
+                ("amazon2ou", "/CN=Amazon Root CA 2/OU=Extra/O=Amazon/C=US"),
+                ("amazon2o", "/CN=Amazon Root CA 2/O=Amazon Inc/C=US"),
+                ("amazon2cn", "/CN=Amazon Root CA 2 Fake/O=Amazon/C=US")]
+
+
+@pytest.fixture(scope="session")
+def test_cas(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("cas")
+    for name, subject in [*RDS_CAS, OTHER_CA, *SYSTEM_KEEP, *SYSTEM_LEAVE]:
+        localdb.make_ca(directory, name, subject=subject)
+    self_signed(directory, "amazon4leaf", "/CN=Amazon Root CA 4/O=Amazon/C=US", "CA:FALSE")
+    return directory
+
+
 @pytest.fixture
-def pki(tmp_path):
+def pki(tmp_path, test_cas):
     directory = tmp_path / "pki"
-    directory.mkdir()
-    first = localdb.make_ca(directory, "rds1", subject="/CN=Amazon RDS eu-west-1 Root CA RSA2048 G1/O=Test")
-    second = localdb.make_ca(directory, "rds2", subject="/CN=Amazon RDS eu-west-1 Root CA ECC384 G1/O=Test")
-    other = localdb.make_ca(directory, "other", subject="/CN=Some Other Root CA/O=Test")
+    shutil.copytree(test_cas, directory)
+    first, second = (directory / f"{name}.pem" for name, _ in RDS_CAS)
+    other = directory / f"{OTHER_CA[0]}.pem"
     bundle = directory / "global-bundle.pem"
     bundle.write_text(first.read_text() + second.read_text())
     mixed = directory / "mixed-bundle.pem"
@@ -70,16 +93,9 @@ def pki(tmp_path):
 def system_store(pki):
     """A fake system trust store: Amazon Root CA 1 and 3, look-alikes that must be left out."""
     directory = pki["dir"]
-    keep = [localdb.make_ca(directory, "amazon1", subject="/CN=Amazon Root CA 1/O=Amazon/C=US"),
-            localdb.make_ca(directory, "amazon3", subject="/C=US/O=Amazon/CN=Amazon Root CA 3")]
-    leave = [
-        localdb.make_ca(directory, "amazon5", subject="/CN=Amazon Root CA 5/O=Amazon/C=US"),
-        localdb.make_ca(directory, "amazon2ou", subject="/CN=Amazon Root CA 2/OU=Extra/O=Amazon/C=US"),
-        localdb.make_ca(directory, "amazon2o", subject="/CN=Amazon Root CA 2/O=Amazon Inc/C=US"),
-        localdb.make_ca(directory, "amazon2cn", subject="/CN=Amazon Root CA 2 Fake/O=Amazon/C=US"),
-        self_signed(directory, "amazon4leaf", "/CN=Amazon Root CA 4/O=Amazon/C=US", "CA:FALSE"),
-        pki["other"],
-    ]
+    keep = [directory / f"{name}.pem" for name, _ in SYSTEM_KEEP]
+    leave = [*(directory / f"{name}.pem" for name, _ in SYSTEM_LEAVE), directory / "amazon4leaf.pem",
+             pki["other"]]
     bundle = directory / "system-ca-bundle.crt"
     bundle.write_text("".join(p.read_text() for p in [leave[0], keep[0], *leave[1:], keep[1]]))
     return {"bundle": bundle, "keep": keep, "leave": leave}
