@@ -68,7 +68,7 @@ SYSTEM_LEAVE = [("amazon5", "/CN=Amazon Root CA 5/O=Amazon/C=US"),
 
 
 @pytest.fixture(scope="session")
-def test_cas(tmp_path_factory) -> Path:
+def ca_files(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("cas")
     for name, subject in [*RDS_CAS, OTHER_CA, *SYSTEM_KEEP, *SYSTEM_LEAVE]:
         localdb.make_ca(directory, name, subject=subject)
@@ -77,9 +77,9 @@ def test_cas(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def pki(tmp_path, test_cas):
+def pki(tmp_path, ca_files):
     directory = tmp_path / "pki"
-    shutil.copytree(test_cas, directory)
+    shutil.copytree(ca_files, directory)
     first, second = (directory / f"{name}.pem" for name, _ in RDS_CAS)
     other = directory / f"{OTHER_CA[0]}.pem"
     bundle = directory / "global-bundle.pem"
