@@ -91,8 +91,11 @@ def ensure(*modules: str) -> None:
         if not _has_pip(python):
             sys.exit(f"{script}: {venv} has no pip (python3 -m venv leaves it so when python3-venv is "
                      f"missing): {again}")
-        installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                                    "-r", str(ROOT / "requirements-dev.txt")])
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]
+        # The pip of requirements-pip.txt first, as scripts/venv.sh's pip_install does.
+        installed = subprocess.run([*pip, str(ROOT / "requirements-pip.txt")])
+        if installed.returncode == 0:
+            installed = subprocess.run([*pip, str(ROOT / "requirements-dev.txt")])
         if installed.returncode != 0:
             sys.exit(f"{script}: installing requirements-dev.txt into {venv} failed (pip says why above)")
         marker.write_text(wanted + "\n")

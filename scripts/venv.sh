@@ -24,3 +24,10 @@ need_venv_pip() {
     exit 1
   fi
 }
+
+# Install requirements file $2 into virtualenv $1, with the pip of requirements-pip.txt first
+# (a newer pip than venv brings resolves the pins in half the time; that file says how much).
+pip_install() {
+  "$1/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-pip.txt &&
+    "$1/bin/python" -m pip install --quiet --disable-pip-version-check -r "$2"
+}
