@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from conftest import ROOT, copy_project
@@ -92,3 +93,28 @@ def test_a_hook_without_its_exec_bit_is_refused_with_what_beanstalk_does(tmp_pat
         f"in git: run `git update-index --chmod=+x {hook}` and `chmod +x {hook}` "
         "(https://docs.aws.amazon.com/elasticbeanstalk/latest/dg/platforms-linux-extend.hooks.html)"), result.stderr
     assert not (clone / "dist" / "app.zip").exists()
+
+
+def test_a_fifo_or_socket_in_the_project_is_left_out_not_waited_on(tmp_path):
+    """A named pipe left in the project (a debugging `mkfifo`, a tool's socket) was opened to be
+    zipped: the bundle waited for a writer for good. It is left out, named on stderr, like a
+    symlink that points outside the project."""
+    import socket
+
+    clone = provisioned_clone(tmp_path)
+    os.mkfifo(clone / "app" / "debug.fifo")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(clone / "tool.sock"))
+    try:
+        result = subprocess.run([str(clone / "scripts" / "bundle")], cwd=clone, capture_output=True, text=True,
+                                timeout=60, env={**os.environ, "PATH": f"{Path(sys.executable).parent}"
+                                                 f"{os.pathsep}{os.environ['PATH']}"})
+    finally:
+        listening.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bundle: left out app/debug.fifo: a FIFO (named pipe), not a file" in result.stderr.splitlines()
+    assert "bundle: left out tool.sock: a socket, not a file" in result.stderr.splitlines()
+    with zipfile.ZipFile(clone / "dist" / "app.zip") as zf:
+        names = set(zf.namelist())
+    assert "app/__init__.py" in names
+    assert not {"app/debug.fifo", "tool.sock"} & names
