@@ -136,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="migrate and seed the database RDS_* name without asking")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    check_port(os.environ.get("PORT") or "8000")
+    # As gunicorn.conf.py reads it: pasted spaces around it ignored, only spaces is unset.
+    port = os.environ.get("PORT", "").strip() or "8000"
+    check_port(port)
     cleanup: list = []
     gunicorn = None
     try:
         env = {**os.environ, **start_database(cleanup, args.yes)}
-        env["PORT"] = env.get("PORT") or "8000"
+        env["PORT"] = port
         python = sys.executable
         subprocess.run([python, "-m", "app.migrate"], cwd=ROOT, env=env, check=True)
         subprocess.run([python, "-m", "flask", "--app", "application", "seed"], cwd=ROOT, env=env,

@@ -187,6 +187,24 @@ def test_run_local_refuses_an_invalid_port_before_starting_anything(tmp_path, po
     assert "started a throwaway" not in output and "serving on" not in output
 
 
+def test_run_local_reads_port_as_gunicorn_does_spaces_and_all(tmp_path):
+    """gunicorn.conf.py strips PORT and takes one of only spaces as unset (8000); run-local
+    refused that one as invalid, and served a padded one as "http://127.0.0.1: 8001 "."""
+    port = localdb.free_port()
+    proc, _, log = start_run_local(tmp_path, {"PORT": f" {port} "})
+    output = serves_sample_users_then_stops(proc, port, log)
+    assert f"serving on http://127.0.0.1:{port}  (try" in output, output
+
+    with socket.socket() as holder:  # 8000 held here, or already by something else
+        with contextlib.suppress(OSError):
+            holder.bind(("127.0.0.1", 8000))
+            holder.listen()
+        proc, _, log = start_run_local(tmp_path, {"PORT": "   "})
+        assert proc.wait(60) == 1
+    output = log.read_text()
+    assert "run-local: 127.0.0.1:8000 is already in use" in output, output
+
+
 PLUGIN_DIRS = ["/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
                "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins"]
 
