@@ -59,6 +59,21 @@ def test_every_pinned_package_installs_on_any_python_3_11(venv):
                and OLDEST_PYTHON not in SpecifierSet(d.metadata["Requires-Python"])]
     assert not too_new, f"pinned in {VENVS[venv]} but not installable on Python {OLDEST_PYTHON}: {too_new}"
 
+@pytest.mark.parametrize("venv", VENVS)
+def test_every_virtualenv_got_the_pinned_pip_first(venv):
+    """scripts/venv.sh's pip_install (and scripts/project_venv.py) install requirements-pip.txt's
+    pip before the requirements: the pip venv brings resolved them in about twice the time."""
+    from importlib import metadata
+
+    site = sorted((ROOT / venv).glob("lib/python3*/site-packages"))
+    if not site:
+        pytest.skip(f"{venv} does not exist here")
+    [pin] = [line for line in (ROOT / "requirements-pip.txt").read_text().splitlines()
+             if line.startswith("pip==")]
+    [pip] = [d for d in metadata.distributions(path=[str(p) for p in site]) if d.metadata["Name"] == "pip"]
+    assert f"pip=={pip.version}" == pin
+
+
 def test_gunicorns_own_lines_are_json_like_the_apps(tmp_path):
     """web.stdout.log gets gunicorn's own lines too (starting, booting, a worker's exit): each is
     a JSON object, so one log query reads all of them. A bad setting stops the app: its message
