@@ -117,8 +117,8 @@ def parse_query(model: type[M]) -> M:
                        _details(errors)) from None
 
 
-# An error lists at most this many problems. A 16 KB body of 1,500 unknown keys
-# ({"k0":0,"k1":0,...}) was answered with a detail for each: 65 KB for a 14 KB request.
+# An error lists at most this many problems. A 14 KB body of 1,500 unknown keys
+# ({"k0":0,"k1":0,...}) was answered with a detail for each, 65 KB of them.
 MAX_DETAILS = 20
 
 
