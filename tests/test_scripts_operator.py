@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -133,14 +134,19 @@ def test_a_closed_stdout_is_exit_141_without_a_traceback(name):
     """Each printed a BrokenPipeError traceback; localdb.py also left its server running and
     its directory in /tmp (the output came after the start, outside the try that stops it)."""
     command, extra = CLOSED_STDOUT[name]
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "localdb-*")))
-    result = closed_pipe_run(command, script_env(**extra))
-    assert result.returncode == 141, result.stderr
-    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
-    if name == "localdb.py":
-        assert result.stderr.strip() == ("localdb.py: stdout was closed before the RDS_* variables were "
-                                         "written; stopped the server")
-        assert set(glob.glob(os.path.join(tempfile.gettempdir(), "localdb-*"))) - before == set()
+    # A temporary directory of its own: other pytest processes start and remove throwaway
+    # servers in /tmp meanwhile. Short, for the server's socket path.
+    private_tmp = tempfile.mkdtemp(prefix="t-", dir="/tmp")
+    try:
+        result = closed_pipe_run(command, script_env(**extra, TMPDIR=private_tmp))
+        assert result.returncode == 141, result.stderr
+        assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+        if name == "localdb.py":
+            assert result.stderr.strip() == ("localdb.py: stdout was closed before the RDS_* variables were "
+                                             "written; stopped the server")
+            assert glob.glob(os.path.join(private_tmp, "localdb-*")) == []
+    finally:
+        shutil.rmtree(private_tmp, ignore_errors=True)
 
 
 # -- scripts/new-api-key ----------------------------------------------------------------------
